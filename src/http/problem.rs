@@ -1,0 +1,181 @@
+//! RFC 9457 problem details: every error the API returns, with a stable `type` and `code`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::resolver::ResolveError;
+use crate::source::SourceError;
+
+/// Media type of problem bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+/// Prefix of every problem `type` URI; the suffix is the problem's `code`.
+pub const TYPE_PREFIX: &str = "urn:ams-thumbnails:problem:";
+
+/// The kinds of problem, each with a stable code (documented in openapi.yaml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    InvalidAssetId,
+    InvalidParameter,
+    AssetNotFound,
+    ThumbnailNotFound,
+    NoThumbnails,
+    RouteNotFound,
+    MethodNotAllowed,
+    UpstreamError,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    RequestTimeout,
+    Internal,
+}
+
+impl Kind {
+    pub fn code(self) -> &'static str {
+        match self {
+            Kind::InvalidAssetId => "invalid-asset-id",
+            Kind::InvalidParameter => "invalid-parameter",
+            Kind::AssetNotFound => "asset-not-found",
+            Kind::ThumbnailNotFound => "thumbnail-not-found",
+            Kind::NoThumbnails => "no-thumbnails",
+            Kind::RouteNotFound => "route-not-found",
+            Kind::MethodNotAllowed => "method-not-allowed",
+            Kind::UpstreamError => "upstream-error",
+            Kind::UpstreamUnavailable => "upstream-unavailable",
+            Kind::UpstreamTimeout => "upstream-timeout",
+            Kind::RequestTimeout => "request-timeout",
+            Kind::Internal => "internal-error",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Kind::InvalidAssetId | Kind::InvalidParameter => StatusCode::BAD_REQUEST,
+            Kind::AssetNotFound
+            | Kind::ThumbnailNotFound
+            | Kind::NoThumbnails
+            | Kind::RouteNotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::UpstreamError => StatusCode::BAD_GATEWAY,
+            Kind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UpstreamTimeout | Kind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Kind::InvalidAssetId => "Invalid asset id",
+            Kind::InvalidParameter => "Invalid parameter",
+            Kind::AssetNotFound => "Asset not found",
+            Kind::ThumbnailNotFound => "Thumbnail not found",
+            Kind::NoThumbnails => "Asset has no thumbnails",
+            Kind::RouteNotFound => "No such route",
+            Kind::MethodNotAllowed => "Method not allowed",
+            Kind::UpstreamError => "Upstream error",
+            Kind::UpstreamUnavailable => "Upstream unavailable",
+            Kind::UpstreamTimeout => "Upstream timed out",
+            Kind::RequestTimeout => "Request timed out",
+            Kind::Internal => "Internal error",
+        }
+    }
+}
+
+/// An API error, rendered as `application/problem+json`.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub kind: Kind,
+    pub detail: String,
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    type_uri: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+}
+
+impl Problem {
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        let body = Body {
+            type_uri: format!("{TYPE_PREFIX}{}", self.kind.code()),
+            title: self.kind.title(),
+            status: status.as_u16(),
+            detail: &self.detail,
+            code: self.kind.code(),
+        };
+        let json = serde_json::to_vec(&body).expect("problem serializes");
+        let mut response = (status, json).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up, at least 1.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+impl From<ResolveError> for Problem {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::NotFound => Problem::new(Kind::AssetNotFound, "no asset has this id"),
+            ResolveError::Source(source) => Problem::from(&*source),
+        }
+    }
+}
+
+impl From<&SourceError> for Problem {
+    fn from(e: &SourceError) -> Self {
+        // Details name the backend, never its URLs, keys or raw error text (which may carry them).
+        match e {
+            SourceError::NotFound => Problem::new(Kind::AssetNotFound, "no asset has this id"),
+            SourceError::Upstream { backend, .. } => Problem::new(
+                Kind::UpstreamError,
+                format!("the {backend} backend failed; try again later"),
+            ),
+            SourceError::Throttled {
+                backend,
+                retry_after,
+            } => Problem {
+                kind: Kind::UpstreamUnavailable,
+                detail: format!("the {backend} backend is throttling requests"),
+                retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
+            },
+            SourceError::Timeout { backend } => Problem {
+                kind: Kind::UpstreamTimeout,
+                detail: format!("the {backend} backend did not answer in time"),
+                retry_after: Some(Duration::from_secs(1)),
+            },
+            SourceError::Misconfigured { backend, .. } => Problem {
+                kind: Kind::UpstreamUnavailable,
+                detail: format!(
+                    "the {backend} backend rejected the service's configuration; an operator must fix it"
+                ),
+                retry_after: Some(Duration::from_secs(30)),
+            },
+        }
+    }
+}

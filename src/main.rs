@@ -1,0 +1,102 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ams_thumbnails::asset_id::AssetId;
+use ams_thumbnails::resolver::{ResolveError, Resolver};
+use ams_thumbnails::source::Backend;
+use ams_thumbnails::{Server, Settings, server, telemetry};
+use clap::{Parser, Subcommand};
+
+/// Turns a video asset id into ready-to-use thumbnail URLs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML); default: $AMS_THUMBNAILS_CONFIG, else config/default.toml.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Print the JSON answer for one asset, as `GET /assets/{id}/thumbnails` would.
+    Resolve { asset_id: String },
+    /// Print the effective configuration (secrets redacted) and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ams-thumbnails: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            print!("{}", settings.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Resolve { asset_id } => run(resolve(settings, asset_id)),
+        Command::Serve => run(serve(settings)),
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("ams-thumbnails: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    telemetry::init(&settings.log);
+    let server = match Server::bind(settings.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listen = %settings.server.listen, error = %e, "cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run_until(server::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn resolve(settings: Settings, raw_id: String) -> ExitCode {
+    let id = match AssetId::parse(&raw_id) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("ams-thumbnails: invalid asset id: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let base_url = settings.public_base_url(settings.server.listen);
+    let resolver = Resolver::new(&settings, Backend::from_settings(&settings, &base_url));
+    match resolver.resolve(&id).await {
+        Ok(resolved) => {
+            println!("{}", String::from_utf8_lossy(&resolved.body));
+            ExitCode::SUCCESS
+        }
+        Err(ResolveError::NotFound) => {
+            eprintln!("ams-thumbnails: asset {id} not found");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("ams-thumbnails: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The resolver: asset id -> thumbnails with working URLs, through a moka cache.
+//!
+//! One load per asset however many requests arrive at once (`try_get_with` coalesces them);
+//! each entry expires by its own clock (the TTL, or earlier so that no URL handed out from the
+//! cache has less than `min_validity` left); "not found" is remembered briefly; failures are
+//! never cached. A hit returns the JSON rendered at load time: no serialization per request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::Expiry;
+use moka::future::Cache;
+use time::OffsetDateTime;
+
+use crate::asset_id::AssetId;
+use crate::config::{CacheSettings, Settings};
+use crate::model::{AssetThumbnails, Link, Storyboard, Thumbnail, content_type_for};
+use crate::recognise::{ParsedStoryboard, Recogniser, vtt};
+use crate::source::{AssetLocation, Backend, SourceError};
+
+/// Largest storyboard VTT read (a 10-hour video at one tile a second is ~600 KB).
+const VTT_LIMIT: usize = 2 * 1024 * 1024;
+/// At most this many VTT files are read per asset.
+const VTT_MAX_FILES: usize = 4;
+
+/// A resolved asset, as cached.
+#[derive(Debug)]
+pub struct Resolved {
+    pub asset: AssetThumbnails,
+    /// `asset` rendered as JSON once, at load time.
+    pub body: Bytes,
+    valid_until: Instant,
+    weight: u32,
+}
+
+impl Resolved {
+    /// When this entry stops being served from the cache.
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    Found(Arc<Resolved>),
+    NotFound { valid_until: Instant },
+}
+
+impl Entry {
+    fn valid_until(&self) -> Instant {
+        match self {
+            Entry::Found(r) => r.valid_until,
+            Entry::NotFound { valid_until } => *valid_until,
+        }
+    }
+}
+
+/// Why an asset could not be resolved.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    #[error("asset not found")]
+    NotFound,
+    #[error(transparent)]
+    Source(Arc<SourceError>),
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    hits: AtomicU64,
+    loads: AtomicU64,
+    renders: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Requests answered from the cache (found or not found).
+    pub hits: u64,
+    /// Loads from the backend (one per miss, however many requests waited on it).
+    pub loads: u64,
+    /// JSON renderings (one per successful load).
+    pub renders: u64,
+}
+
+struct EntryExpiry;
+
+impl Expiry<Arc<str>, Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Entry,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.valid_until().saturating_duration_since(created_at))
+    }
+}
+
+pub struct Resolver {
+    cache: Cache<Arc<str>, Entry>,
+    backend: Backend,
+    recogniser: Recogniser,
+    policy: CacheSettings,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("entries", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    pub fn new(settings: &Settings, backend: Backend) -> Self {
+        let recogniser = Recogniser::new(&settings.recognition)
+            .expect("recognition settings are validated when loaded");
+        let cache = Cache::builder()
+            .name("assets")
+            .max_capacity(settings.cache.max_bytes)
+            .weigher(|key: &Arc<str>, entry: &Entry| {
+                let value = match entry {
+                    Entry::Found(r) => r.weight,
+                    Entry::NotFound { .. } => 64,
+                };
+                value.saturating_add(key.len() as u32)
+            })
+            .expire_after(EntryExpiry)
+            .build();
+        Self {
+            cache,
+            backend,
+            recogniser,
+            policy: settings.cache.clone(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The asset's thumbnails, from the cache or loaded once for all concurrent callers.
+    pub async fn resolve(&self, id: &AssetId) -> Result<Arc<Resolved>, ResolveError> {
+        let entry = match self.cache.get(id.as_str()).await {
+            Some(entry) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                entry
+            }
+            None => self
+                .cache
+                .try_get_with(id.key(), self.load(id))
+                .await
+                .map_err(ResolveError::Source)?,
+        };
+        match entry {
+            Entry::Found(resolved) => Ok(resolved),
+            Entry::NotFound { .. } => Err(ResolveError::NotFound),
+        }
+    }
+
+    /// Drops an asset's cache entry.
+    pub async fn invalidate(&self, id: &AssetId) {
+        self.cache.invalidate(id.as_str()).await;
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            hits: self.stats.hits.load(Ordering::Relaxed),
+            loads: self.stats.loads.load(Ordering::Relaxed),
+            renders: self.stats.renders.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    async fn load(&self, id: &AssetId) -> Result<Entry, SourceError> {
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = self.load_found(id).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(resolved) => {
+                tracing::debug!(asset_id = %id, elapsed_ms, thumbnails = resolved.asset.thumbnails.len(), "asset loaded");
+                Ok(Entry::Found(Arc::new(resolved)))
+            }
+            Err(SourceError::NotFound) => {
+                tracing::debug!(asset_id = %id, elapsed_ms, "asset not found");
+                Ok(Entry::NotFound {
+                    valid_until: Instant::now() + self.policy.not_found_ttl,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(asset_id = %id, elapsed_ms, error = %e, "asset load failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_found(&self, id: &AssetId) -> Result<Resolved, SourceError> {
+        let location = self.backend.catalog.locate(id).await?;
+        let blobs = self.backend.store.list(&location).await?;
+        let storyboards = self.read_storyboards(&location, &blobs).await?;
+        let recognition = self.recogniser.recognise(&blobs, &storyboards);
+
+        let mut names: Vec<&str> = recognition
+            .thumbnails
+            .iter()
+            .map(|t| t.blob.name.as_str())
+            .collect();
+        if let Some(sb) = &recognition.storyboard {
+            names.push(&sb.sprite.name);
+        }
+        let links = self.backend.linker.link(&location, &names).await?;
+        if links.len() != names.len() {
+            return Err(SourceError::Upstream {
+                backend: "linker",
+                message: format!("{} links for {} blobs", links.len(), names.len()),
+            });
+        }
+        let expires_at = links.iter().filter_map(|l| l.expires_at).min();
+        let mut links = links.into_iter();
+        let mut next_url = || links.next().map(|l: Link| l.url).unwrap_or_default();
+
+        let thumbnails = recognition
+            .thumbnails
+            .into_iter()
+            .map(|r| Thumbnail {
+                index: r.index,
+                url: next_url(),
+                content_type: content_type(&r.blob),
+                size: r.blob.size,
+                label: r.label,
+                width: r.width,
+                height: r.height,
+                time: r.time,
+                name: r.blob.name,
+            })
+            .collect();
+        let storyboard = recognition.storyboard.map(|sb| Storyboard {
+            url: next_url(),
+            content_type: content_type(&sb.sprite),
+            width: sb.sprite.dimensions.map(|d| d.0),
+            height: sb.sprite.dimensions.map(|d| d.1),
+            name: sb.sprite.name,
+            vtt_name: sb.vtt_name,
+            tiles: sb.tiles,
+        });
+        let asset = AssetThumbnails {
+            asset_id: id.to_string(),
+            thumbnails,
+            storyboard,
+            expires_at,
+        };
+        let body = Bytes::from(serde_json::to_vec(&asset).map_err(|e| SourceError::Upstream {
+            backend: "render",
+            message: e.to_string(),
+        })?);
+        self.stats.renders.fetch_add(1, Ordering::Relaxed);
+        let weight = weigh(&asset, &body);
+        Ok(Resolved {
+            valid_until: Instant::now() + self.lifetime(expires_at),
+            asset,
+            body,
+            weight,
+        })
+    }
+
+    /// How long a fresh entry may be served: the TTL, shortened so that every URL in it still
+    /// has `min_validity` left when the entry is last served (zero: not cached at all).
+    fn lifetime(&self, expires_at: Option<OffsetDateTime>) -> Duration {
+        let Some(expires_at) = expires_at else {
+            return self.policy.ttl;
+        };
+        let left = expires_at - OffsetDateTime::now_utc() - self.policy.min_validity;
+        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            tracing::warn!(
+                "signed URLs expire within cache.min_validity: answers are not cached; \
+                 lengthen the URL lifetime or shorten cache.min_validity"
+            );
+        }
+        left.min(self.policy.ttl)
+    }
+
+    async fn read_storyboards(
+        &self,
+        location: &AssetLocation,
+        blobs: &[crate::model::BlobEntry],
+    ) -> Result<Vec<(String, ParsedStoryboard)>, SourceError> {
+        let mut out = Vec::new();
+        let vtts = blobs
+            .iter()
+            .filter(|b| b.name.to_ascii_lowercase().ends_with(".vtt"))
+            .filter(|b| b.size <= VTT_LIMIT as u64)
+            .take(VTT_MAX_FILES);
+        for blob in vtts {
+            let bytes = match self.backend.store.read(location, &blob.name, VTT_LIMIT).await {
+                Ok(b) => b,
+                // Deleted between list and read: no storyboard from it.
+                Err(SourceError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            if let Some(parsed) = vtt::parse(&blob.name, text) {
+                out.push((blob.name.clone(), parsed));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn content_type(blob: &crate::model::BlobEntry) -> String {
+    blob.content_type
+        .clone()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| content_type_for(&blob.name))
+}
+
+/// Approximate bytes held by an entry: the JSON body plus the structured copy (which holds the
+/// same strings, so about the body again) and fixed overheads.
+fn weigh(asset: &AssetThumbnails, body: &Bytes) -> u32 {
+    let fixed = 256 + asset.thumbnails.len() * std::mem::size_of::<Thumbnail>();
+    u32::try_from(body.len() * 2 + fixed).unwrap_or(u32::MAX)
+}
+

@@ -1,0 +1,100 @@
+//! The HTTP server: bind, serve, and shut down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use url::Url;
+
+use crate::config::Settings;
+use crate::http::{AppState, app};
+use crate::source::Backend;
+
+/// A bound, not yet serving, server. Binding first lets port 0 work: the public base URL (used
+/// in local-mode URLs) is derived from the address actually bound.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    addr: SocketAddr,
+    base_url: Url,
+}
+
+impl Server {
+    pub async fn bind(settings: Settings) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.server.listen).await?;
+        let addr = listener.local_addr()?;
+        let base_url = settings.public_base_url(addr);
+        let backend = Backend::from_settings(&settings, &base_url);
+        Ok(Self {
+            listener,
+            state: AppState::new(settings, backend),
+            addr,
+            base_url,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections and lets in-flight
+    /// requests finish for at most `server.shutdown_grace`.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = self.state.settings.server.shutdown_grace;
+        tracing::info!(addr = %self.addr, base_url = %self.base_url, "listening");
+        let (started_tx, started_rx) = oneshot::channel();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: draining in-flight requests");
+            let _ = started_tx.send(());
+        };
+        let serve = axum::serve(self.listener, app(self.state)).with_graceful_shutdown(signal);
+        let mut task = tokio::spawn(async move { serve.await });
+        tokio::select! {
+            result = &mut task => return result.map_err(std::io::Error::other)?,
+            _ = started_rx => {}
+        }
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(result) => result.map_err(std::io::Error::other)?,
+            Err(_) => {
+                tracing::warn!("grace period over: exiting with requests still in flight");
+                task.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

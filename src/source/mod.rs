@@ -1,0 +1,126 @@
+//! Backends: where an asset lives ([`Catalog`]), what is in it ([`BlobStore`]) and how a client
+//! reaches a blob ([`Linker`]). They know nothing of caching or HTTP.
+
+pub mod local;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::asset_id::AssetId;
+use crate::config::{Settings, SourceSettings};
+use crate::model::{BlobEntry, Link};
+
+/// Where an asset's blobs are: a container of a storage account, optionally under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetLocation {
+    /// Storage account (or, for the local source, the root folder's label).
+    pub account: String,
+    pub container: String,
+    /// Blob-name prefix of the asset inside the container ("" for the whole container).
+    pub prefix: String,
+}
+
+/// A backend failure, in domain terms. Only the HTTP layer turns these into status codes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error("asset not found")]
+    NotFound,
+    #[error("{backend}: {message}")]
+    Upstream {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("{backend}: throttled")]
+    Throttled {
+        backend: &'static str,
+        retry_after: Option<Duration>,
+    },
+    #[error("{backend}: timed out")]
+    Timeout { backend: &'static str },
+    #[error("{backend}: misconfigured: {message}")]
+    Misconfigured {
+        backend: &'static str,
+        message: String,
+    },
+}
+
+/// Maps an asset id to the place its blobs live.
+#[async_trait]
+pub trait Catalog: Send + Sync {
+    async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError>;
+}
+
+/// Lists and reads blobs.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Every blob under the location (all pages).
+    async fn list(&self, location: &AssetLocation) -> Result<Vec<BlobEntry>, SourceError>;
+    /// A small blob's bytes (storyboard VTT files), at most `limit` bytes.
+    async fn read(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        limit: usize,
+    ) -> Result<Bytes, SourceError>;
+}
+
+/// Turns blob names into URLs a browser can load.
+#[async_trait]
+pub trait Linker: Send + Sync {
+    /// One link per name, in order.
+    async fn link(
+        &self,
+        location: &AssetLocation,
+        names: &[&str],
+    ) -> Result<Vec<Link>, SourceError>;
+}
+
+/// A dependency whose state `/readyz` reports.
+#[async_trait]
+pub trait HealthCheck: Send + Sync {
+    fn name(&self) -> &str;
+    /// Whether the service is unusable while this dependency is down.
+    fn required(&self) -> bool;
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// The backends a resolver works with.
+#[derive(Clone)]
+pub struct Backend {
+    pub catalog: Arc<dyn Catalog>,
+    pub store: Arc<dyn BlobStore>,
+    pub linker: Arc<dyn Linker>,
+    pub health: Vec<Arc<dyn HealthCheck>>,
+    /// Folder the service itself serves under `/local/`, when the source is local.
+    pub local_root: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("local_root", &self.local_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// Builds the configured backend. `public_base_url` is where this service is reachable.
+    pub fn from_settings(settings: &Settings, public_base_url: &url::Url) -> Self {
+        match &settings.source {
+            SourceSettings::Local(local) => {
+                let source = Arc::new(local::LocalSource::new(local, public_base_url));
+                Self {
+                    catalog: source.clone(),
+                    store: source.clone(),
+                    linker: source.clone(),
+                    health: vec![source.clone()],
+                    local_root: Some(local.root.clone()),
+                }
+            }
+        }
+    }
+}

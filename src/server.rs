@@ -22,10 +22,18 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(settings: Settings) -> std::io::Result<Self> {
+        Self::bind_with(settings, Backend::from_settings).await
+    }
+
+    /// Binds with a backend of the caller's making (tests wrap the configured one).
+    pub async fn bind_with(
+        settings: Settings,
+        make_backend: impl FnOnce(&Settings, &Url) -> Backend,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.server.listen).await?;
         let addr = listener.local_addr()?;
         let base_url = settings.public_base_url(addr);
-        let backend = Backend::from_settings(&settings, &base_url);
+        let backend = make_backend(&settings, &base_url);
         Ok(Self {
             listener,
             state: AppState::new(settings, backend),

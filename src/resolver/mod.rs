@@ -170,6 +170,17 @@ impl Resolver {
         }
     }
 
+    /// Bytes the cache holds, by its weigher (after pending maintenance has run).
+    pub async fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.weighted_size()
+    }
+
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
     pub fn backend(&self) -> &Backend {
         &self.backend
     }

@@ -201,10 +201,33 @@ impl Default for LocalSourceSettings {
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration: {}", describe(.0))]
     Load(#[from] Box<figment::Error>),
     #[error("invalid configuration: key `{key}`: {message}")]
     Invalid { key: String, message: String },
+}
+
+/// One line per error: the key (lower-case, dotted, as in the TOML file), what is wrong, and
+/// which source (file or environment) it came from.
+fn describe(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".").to_lowercase();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("key `{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Settings {

@@ -1,0 +1,137 @@
+//! The binary: `check-config`, `resolve`, start-up failures that name the key, and a graceful
+//! exit on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ams-thumbnails");
+
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    // The test's own environment must not leak into the configuration under test.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("AMS_THUMBNAILS_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let out = command()
+        .args(["check-config"])
+        .env("AMS_THUMBNAILS_CACHE__TTL", "90s")
+        .env("AMS_THUMBNAILS_SERVER__LISTEN", "0.0.0.0:9999")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("listen = \"0.0.0.0:9999\""), "{text}");
+    assert!(text.contains("ttl = \"1m 30s\""), "{text}");
+    assert!(text.contains("kind = \"local\""), "{text}");
+    assert!(text.contains("Thumbnail{Index}{Extension}"), "{text}");
+}
+
+#[test]
+fn invalid_values_fail_start_up_naming_the_key() {
+    for (key, value, named) in [
+        ("AMS_THUMBNAILS_CACHE__TTL", "whenever", "cache.ttl"),
+        ("AMS_THUMBNAILS_SERVER__LISTEN", "not-an-address", "server.listen"),
+        ("AMS_THUMBNAILS_LOG__FORMAT", "xml", "log.format"),
+        ("AMS_THUMBNAILS_CACHE__MAX_BYTES", "0", "cache.max_bytes"),
+        ("AMS_THUMBNAILS_SERVER__PUBLIC_BASE_URL", "ftp://x", "server.public_base_url"),
+    ] {
+        let out = command().args(["serve"]).env(key, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{key}={value}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[recognition]\npatterns = [\"{Basename}{Extension}\"]\n").unwrap();
+    let out = command()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("recognition.patterns[0]"), "{err}");
+    let out = command()
+        .args(["check-config"])
+        .env("AMS_THUMBNAILS_CONFIG", dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn resolve_prints_the_json_answer() {
+    let out = command()
+        .args(["resolve", "multi-rendition"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["assetId"], "multi-rendition");
+    assert_eq!(body["thumbnails"].as_array().unwrap().len(), 10);
+    assert!(
+        body["thumbnails"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:8080/local/multi-rendition/")
+    );
+    let out = command().args(["resolve", "ghost"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let out = command().args(["resolve", "a/b"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serves_and_exits_cleanly_on_sigterm() {
+    let mut child = command()
+        .args(["serve"])
+        .env("AMS_THUMBNAILS_SERVER__LISTEN", "127.0.0.1:0")
+        .env("AMS_THUMBNAILS_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("listening"))
+        .expect("a listening line");
+    let log: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+    let addr = log["fields"]["addr"].as_str().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/assets/builtin-preset/thumbnails"))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Every log line is JSON and carries the request id inside a request.
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let request_line = rest
+        .iter()
+        .find(|l| l.contains("finished processing request"))
+        .expect("a request log line");
+    let entry: serde_json::Value = serde_json::from_str(request_line).unwrap();
+    assert_eq!(entry["span"]["path"], "/assets/builtin-preset/thumbnails");
+    assert_eq!(entry["span"]["request_id"].as_str().unwrap().len(), 36);
+}

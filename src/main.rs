@@ -48,7 +48,10 @@ fn main() -> ExitCode {
 }
 
 fn run(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
             eprintln!("ams-thumbnails: cannot start the runtime: {e}");

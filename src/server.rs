@@ -65,7 +65,10 @@ impl Server {
         let (started_tx, started_rx) = oneshot::channel();
         let signal = async move {
             shutdown.await;
-            tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: draining in-flight requests");
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutting down: draining in-flight requests"
+            );
             let _ = started_tx.send(());
         };
         let serve = axum::serve(self.listener, app(self.state)).with_graceful_shutdown(signal);

@@ -86,7 +86,10 @@ async fn builtin_preset_lists_thumbnails_in_order_without_neighbours() {
     assert_eq!(first["index"], 1);
     assert_eq!(first["width"], 320, "from the JPEG header");
     assert_eq!(first["height"], 180);
-    assert!(first.get("time").is_none(), "no storyboard, no timing: no time");
+    assert!(
+        first.get("time").is_none(),
+        "no storyboard, no timing: no time"
+    );
     assert!(first.get("label").is_none());
     assert!(body.get("expiresAt").is_none(), "local URLs do not expire");
     assert!(body.get("storyboard").is_none());
@@ -137,7 +140,10 @@ async fn storyboard_gives_times_and_is_not_a_thumbnail() {
     let sb = &body["storyboard"];
     assert_eq!(sb["name"], "forest_sprite.jpg");
     assert_eq!(sb["vttName"], "forest_sprite.vtt");
-    assert_eq!((sb["width"].as_u64(), sb["height"].as_u64()), (Some(640), Some(270)));
+    assert_eq!(
+        (sb["width"].as_u64(), sb["height"].as_u64()),
+        (Some(640), Some(270))
+    );
     let tiles = sb["tiles"].as_array().unwrap();
     assert_eq!(tiles.len(), 10);
     assert_eq!(tiles[5]["x"], 160);
@@ -276,29 +282,45 @@ async fn bad_requests_are_problems() {
         assert_problem(response, 400, "invalid-asset-id").await;
     }
     // Sent raw: an HTTP client would normalise the dot segments away.
-    for path in ["/assets/../thumbnails", "/assets/./poster", "/assets/../thumbnails/1"] {
+    for path in [
+        "/assets/../thumbnails",
+        "/assets/./poster",
+        "/assets/../thumbnails/1",
+    ] {
         let (status, body) = support::raw_get(&server.base, path).await;
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains("invalid-asset-id"), "{path}: {body}");
     }
-    assert_eq!(
-        server.probe.calls(),
-        0,
-        "no backend call for an invalid id"
-    );
+    assert_eq!(server.probe.calls(), 0, "no backend call for an invalid id");
     for (path, code) in [
         ("/assets/builtin-preset/thumbnails/0", "invalid-parameter"),
         ("/assets/builtin-preset/thumbnails/x", "invalid-parameter"),
         ("/assets/builtin-preset/thumbnails/-1", "invalid-parameter"),
-        ("/assets/builtin-preset/thumbnails/1?width=0", "invalid-parameter"),
-        ("/assets/builtin-preset/thumbnails/1?width=wide", "invalid-parameter"),
-        ("/assets/builtin-preset/thumbnails/1?label=", "invalid-parameter"),
-        ("/assets/builtin-preset/poster?time=soon", "invalid-parameter"),
+        (
+            "/assets/builtin-preset/thumbnails/1?width=0",
+            "invalid-parameter",
+        ),
+        (
+            "/assets/builtin-preset/thumbnails/1?width=wide",
+            "invalid-parameter",
+        ),
+        (
+            "/assets/builtin-preset/thumbnails/1?label=",
+            "invalid-parameter",
+        ),
+        (
+            "/assets/builtin-preset/poster?time=soon",
+            "invalid-parameter",
+        ),
         ("/assets/builtin-preset/poster?time=-3", "invalid-parameter"),
     ] {
         assert_problem(server.get(path).await, 400, code).await;
     }
-    assert_eq!(server.probe.calls(), 0, "no backend call for bad parameters");
+    assert_eq!(
+        server.probe.calls(),
+        0,
+        "no backend call for bad parameters"
+    );
 }
 
 #[tokio::test]
@@ -309,8 +331,14 @@ async fn not_found_cases_are_problems() {
         ("/assets/no-such-asset/poster", "asset-not-found"),
         ("/assets/no-such-asset/thumbnails/1", "asset-not-found"),
         ("/assets/builtin-preset/thumbnails/6", "thumbnail-not-found"),
-        ("/assets/builtin-preset/thumbnails/999999999", "thumbnail-not-found"),
-        ("/assets/multi-rendition/thumbnails/1?label=huge", "thumbnail-not-found"),
+        (
+            "/assets/builtin-preset/thumbnails/999999999",
+            "thumbnail-not-found",
+        ),
+        (
+            "/assets/multi-rendition/thumbnails/1?label=huge",
+            "thumbnail-not-found",
+        ),
         ("/nowhere", "route-not-found"),
         ("/local/generate.py", "route-not-found"),
     ] {
@@ -325,7 +353,9 @@ async fn not_found_cases_are_problems() {
     assert_problem(response, 405, "method-not-allowed").await;
     let response = server.get("/local/builtin-preset/nothing.jpg").await;
     assert_eq!(response.status(), 404);
-    let response = server.get("/local/builtin-preset/..%2F..%2FCargo.toml").await;
+    let response = server
+        .get("/local/builtin-preset/..%2F..%2FCargo.toml")
+        .await;
     assert_eq!(response.status(), 404, "no escape from the samples folder");
 }
 
@@ -361,16 +391,27 @@ async fn readiness_is_503_when_the_sample_folder_is_gone() {
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["checks"][0]["status"], "down");
     let detail = body["checks"][0]["detail"].as_str().unwrap();
-    assert!(!detail.contains(&dir.path().display().to_string()), "no paths leak: {detail}");
+    assert!(
+        !detail.contains(&dir.path().display().to_string()),
+        "no paths leak: {detail}"
+    );
 }
 
 #[tokio::test]
 async fn every_response_carries_a_request_id() {
     let server = TestServer::start(settings("")).await;
     let mut seen = HashSet::new();
-    for path in ["/healthz", "/assets/builtin-preset/thumbnails", "/assets/a..b/thumbnails", "/nowhere"] {
+    for path in [
+        "/healthz",
+        "/assets/builtin-preset/thumbnails",
+        "/assets/a..b/thumbnails",
+        "/nowhere",
+    ] {
         let response = server.get(path).await;
-        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(id.len(), 36, "{path}: {id}");
         assert!(seen.insert(id));
     }

@@ -44,7 +44,11 @@ async fn a_thousand_concurrent_requests_cause_one_backend_load() {
         assert_eq!(*status, 200);
         assert_eq!(*body, first, "every caller gets the same answer");
     }
-    assert_eq!(probe.locates.load(Ordering::SeqCst), 1, "one catalog lookup");
+    assert_eq!(
+        probe.locates.load(Ordering::SeqCst),
+        1,
+        "one catalog lookup"
+    );
     assert_eq!(probe.lists.load(Ordering::SeqCst), 1, "one listing");
     assert_eq!(probe.links.load(Ordering::SeqCst), 1, "one linking");
     assert_eq!(state.resolver.stats().loads, 1);
@@ -61,7 +65,11 @@ async fn concurrent_requests_over_the_network_share_one_load() {
     }
     assert_eq!(server.probe.locates.load(Ordering::SeqCst), 1);
     assert_eq!(server.probe.lists.load(Ordering::SeqCst), 1);
-    assert_eq!(server.probe.reads.load(Ordering::SeqCst), 1, "the VTT, once");
+    assert_eq!(
+        server.probe.reads.load(Ordering::SeqCst),
+        1,
+        "the VTT, once"
+    );
 }
 
 #[tokio::test]
@@ -83,7 +91,10 @@ async fn a_hit_makes_no_backend_call_and_no_serialization() {
     for _ in 0..50 {
         let response = get().await.unwrap();
         assert_eq!(response.status(), 200);
-        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), first);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            first
+        );
     }
     let after = state.resolver.stats();
     assert_eq!(probe.calls(), calls, "no backend call on a hit");
@@ -103,12 +114,26 @@ async fn a_hit_makes_no_backend_call_and_no_serialization() {
 async fn not_found_is_cached_briefly() {
     let server = TestServer::start(settings("[cache]\nnot_found_ttl = \"300ms\"\n")).await;
     for _ in 0..5 {
-        assert_problem(server.get("/assets/ghost/thumbnails").await, 404, "asset-not-found").await;
+        assert_problem(
+            server.get("/assets/ghost/thumbnails").await,
+            404,
+            "asset-not-found",
+        )
+        .await;
     }
     assert_eq!(server.probe.locates.load(Ordering::SeqCst), 1);
     tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_problem(server.get("/assets/ghost/thumbnails").await, 404, "asset-not-found").await;
-    assert_eq!(server.probe.locates.load(Ordering::SeqCst), 2, "expired, asked again");
+    assert_problem(
+        server.get("/assets/ghost/thumbnails").await,
+        404,
+        "asset-not-found",
+    )
+    .await;
+    assert_eq!(
+        server.probe.locates.load(Ordering::SeqCst),
+        2,
+        "expired, asked again"
+    );
 }
 
 #[tokio::test]
@@ -120,9 +145,16 @@ async fn failures_are_never_cached_nor_confused_with_not_found() {
         message: "disk on fire at /secret/path".into(),
     }));
     let body = assert_problem(server.get(path).await, 502, "upstream-error").await;
-    assert!(!body.to_string().contains("/secret/path"), "no internals leak: {body}");
+    assert!(
+        !body.to_string().contains("/secret/path"),
+        "no internals leak: {body}"
+    );
     assert_problem(server.get(path).await, 502, "upstream-error").await;
-    assert_eq!(server.probe.locates.load(Ordering::SeqCst), 2, "failure not cached");
+    assert_eq!(
+        server.probe.locates.load(Ordering::SeqCst),
+        2,
+        "failure not cached"
+    );
 
     server.probe.fail_with(Some(SourceError::Throttled {
         backend: "local",
@@ -132,7 +164,9 @@ async fn failures_are_never_cached_nor_confused_with_not_found() {
     assert_eq!(response.headers()["retry-after"], "3");
     assert_problem(response, 503, "upstream-unavailable").await;
 
-    server.probe.fail_with(Some(SourceError::Timeout { backend: "local" }));
+    server
+        .probe
+        .fail_with(Some(SourceError::Timeout { backend: "local" }));
     assert_problem(server.get(path).await, 504, "upstream-timeout").await;
 
     server.probe.fail_with(Some(SourceError::Misconfigured {
@@ -161,23 +195,35 @@ async fn entries_expire_after_the_ttl() {
 
 #[tokio::test]
 async fn entries_leave_before_their_urls_drop_below_min_validity() {
-    let server = TestServer::start(settings(
-        "[cache]\nttl = \"10m\"\nmin_validity = \"1s\"\n",
-    ))
-    .await;
+    let server =
+        TestServer::start(settings("[cache]\nttl = \"10m\"\nmin_validity = \"1s\"\n")).await;
     // URLs valid for 1.6 s with 1 s minimum validity: the entry may be served ~0.6 s.
     server
         .probe
         .set_link_lifetime(Some(Duration::from_millis(1600)));
     let path = "/assets/builtin-preset/thumbnails";
     let body: serde_json::Value = server.get(path).await.json().await.unwrap();
-    let expires_at = body["expiresAt"].as_str().expect("expiresAt when URLs expire");
-    assert!(time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339).is_ok());
+    let expires_at = body["expiresAt"]
+        .as_str()
+        .expect("expiresAt when URLs expire");
+    assert!(
+        time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339)
+            .is_ok()
+    );
     let redirect = server.get("/assets/builtin-preset/thumbnails/1").await;
-    let cache_control = redirect.headers()["cache-control"].to_str().unwrap().to_owned();
-    assert!(cache_control.starts_with("private, max-age="), "{cache_control}");
+    let cache_control = redirect.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cache_control.starts_with("private, max-age="),
+        "{cache_control}"
+    );
     let max_age: u64 = cache_control.rsplit('=').next().unwrap().parse().unwrap();
-    assert!(max_age <= 1, "redirect cacheable no longer than the entry: {cache_control}");
+    assert!(
+        max_age <= 1,
+        "redirect cacheable no longer than the entry: {cache_control}"
+    );
     assert_eq!(server.probe.locates.load(Ordering::SeqCst), 1);
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(server.get(path).await.status(), 200);
@@ -201,7 +247,8 @@ async fn entries_leave_before_their_urls_drop_below_min_validity() {
 async fn capacity_is_bounded_in_bytes() {
     // 300 assets of 20 thumbnails each, in a cache of 64 KiB.
     let dir = tempfile::tempdir().unwrap();
-    let jpeg = std::fs::read(support::samples_dir().join("builtin-preset/Thumbnail000001.jpg")).unwrap();
+    let jpeg =
+        std::fs::read(support::samples_dir().join("builtin-preset/Thumbnail000001.jpg")).unwrap();
     for a in 0..300 {
         let asset = dir.path().join(format!("asset-{a}"));
         std::fs::create_dir(&asset).unwrap();
@@ -227,7 +274,13 @@ async fn capacity_is_bounded_in_bytes() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        body_bytes += response.into_body().collect().await.unwrap().to_bytes().len();
+        body_bytes += response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .len();
     }
     let weighted = state.resolver.weighted_size().await;
     let entries = state.resolver.entry_count().await;

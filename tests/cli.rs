@@ -29,7 +29,11 @@ fn check_config_prints_the_effective_configuration() {
         .env("AMS_THUMBNAILS_SERVER__LISTEN", "0.0.0.0:9999")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("listen = \"0.0.0.0:9999\""), "{text}");
     assert!(text.contains("ttl = \"1m 30s\""), "{text}");
@@ -41,10 +45,18 @@ fn check_config_prints_the_effective_configuration() {
 fn invalid_values_fail_start_up_naming_the_key() {
     for (key, value, named) in [
         ("AMS_THUMBNAILS_CACHE__TTL", "whenever", "cache.ttl"),
-        ("AMS_THUMBNAILS_SERVER__LISTEN", "not-an-address", "server.listen"),
+        (
+            "AMS_THUMBNAILS_SERVER__LISTEN",
+            "not-an-address",
+            "server.listen",
+        ),
         ("AMS_THUMBNAILS_LOG__FORMAT", "xml", "log.format"),
         ("AMS_THUMBNAILS_CACHE__MAX_BYTES", "0", "cache.max_bytes"),
-        ("AMS_THUMBNAILS_SERVER__PUBLIC_BASE_URL", "ftp://x", "server.public_base_url"),
+        (
+            "AMS_THUMBNAILS_SERVER__PUBLIC_BASE_URL",
+            "ftp://x",
+            "server.public_base_url",
+        ),
     ] {
         let out = command().args(["serve"]).env(key, value).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{key}={value}");
@@ -53,7 +65,11 @@ fn invalid_values_fail_start_up_naming_the_key() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.toml");
-    std::fs::write(&file, "[recognition]\npatterns = [\"{Basename}{Extension}\"]\n").unwrap();
+    std::fs::write(
+        &file,
+        "[recognition]\npatterns = [\"{Basename}{Extension}\"]\n",
+    )
+    .unwrap();
     let out = command()
         .args(["check-config", "--config"])
         .arg(&file)
@@ -76,7 +92,11 @@ fn resolve_prints_the_json_answer() {
         .args(["resolve", "multi-rendition"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["assetId"], "multi-rendition");
     assert_eq!(body["thumbnails"].as_array().unwrap().len(), 10);

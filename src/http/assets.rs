@@ -33,15 +33,16 @@ pub async fn thumbnail(
     let index = parse_index(path.index.as_deref().unwrap_or_default())?;
     let (label, width) = (query.label()?, query.width()?);
     let resolved = state.resolver.resolve(&path.id).await?;
-    let chosen = choose_rendition(resolved.asset.at_index(index), label, width).ok_or_else(|| {
-        let detail = match label {
-            Some(l) if resolved.asset.at_index(index).next().is_some() => {
-                format!("thumbnail {index} has no rendition labelled {l:?}")
-            }
-            _ => format!("the asset has no thumbnail with index {index}"),
-        };
-        Problem::new(Kind::ThumbnailNotFound, detail)
-    })?;
+    let chosen =
+        choose_rendition(resolved.asset.at_index(index), label, width).ok_or_else(|| {
+            let detail = match label {
+                Some(l) if resolved.asset.at_index(index).next().is_some() => {
+                    format!("thumbnail {index} has no rendition labelled {l:?}")
+                }
+                _ => format!("the asset has no thumbnail with index {index}"),
+            };
+            Problem::new(Kind::ThumbnailNotFound, detail)
+        })?;
     Ok(redirect(chosen, &resolved))
 }
 
@@ -70,15 +71,16 @@ pub async fn poster(
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
         })
         .map_or(first.index, |(index, _)| index);
-    let chosen = choose_rendition(resolved.asset.at_index(index), label, width).ok_or_else(|| {
-        Problem::new(
-            Kind::ThumbnailNotFound,
-            format!(
-                "the poster thumbnail has no rendition labelled {:?}",
-                label.unwrap_or_default()
-            ),
-        )
-    })?;
+    let chosen =
+        choose_rendition(resolved.asset.at_index(index), label, width).ok_or_else(|| {
+            Problem::new(
+                Kind::ThumbnailNotFound,
+                format!(
+                    "the poster thumbnail has no rendition labelled {:?}",
+                    label.unwrap_or_default()
+                ),
+            )
+        })?;
     Ok(redirect(chosen, &resolved))
 }
 
@@ -108,7 +110,8 @@ fn choose_rendition<'a>(
 /// 302 to the thumbnail's URL, cacheable no longer than the URL stays valid.
 fn redirect(thumbnail: &Thumbnail, resolved: &Resolved) -> Response {
     let Ok(location) = HeaderValue::from_str(&thumbnail.url) else {
-        return Problem::new(Kind::Internal, "the thumbnail URL is not a valid header").into_response();
+        return Problem::new(Kind::Internal, "the thumbnail URL is not a valid header")
+            .into_response();
     };
     let mut max_age = resolved
         .valid_until()
@@ -153,7 +156,11 @@ mod tests {
 
     #[test]
     fn rendition_by_label_and_width() {
-        let all = [th(Some("large"), Some(640)), th(Some("medium"), Some(320)), th(Some("small"), Some(160))];
+        let all = [
+            th(Some("large"), Some(640)),
+            th(Some("medium"), Some(320)),
+            th(Some("small"), Some(160)),
+        ];
         let pick = |l, w| choose_rendition(all.iter(), l, w).map(|t| t.label.clone().unwrap());
         assert_eq!(pick(None, None).as_deref(), Some("large"));
         assert_eq!(pick(Some("small"), None).as_deref(), Some("small"));
@@ -164,7 +171,10 @@ mod tests {
         assert_eq!(pick(None, Some(4000)).as_deref(), Some("large"));
         let no_width = [th(Some("a"), None), th(Some("b"), None)];
         assert_eq!(
-            choose_rendition(no_width.iter(), None, Some(100)).unwrap().label.as_deref(),
+            choose_rendition(no_width.iter(), None, Some(100))
+                .unwrap()
+                .label
+                .as_deref(),
             Some("a")
         );
     }

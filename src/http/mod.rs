@@ -19,7 +19,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::services::ServeDir;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -61,7 +63,11 @@ impl AppState {
 /// from and the OpenAPI test compares with `openapi.yaml`.
 fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
     vec![
-        (Method::GET, "/assets/{assetId}/thumbnails", get(assets::list)),
+        (
+            Method::GET,
+            "/assets/{assetId}/thumbnails",
+            get(assets::list),
+        ),
         (
             Method::GET,
             "/assets/{assetId}/thumbnails/{index}",
@@ -141,7 +147,10 @@ pub fn app(state: AppState) -> Router {
 
 async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml"),
+        )],
         OPENAPI_YAML,
     )
         .into_response()
@@ -155,14 +164,24 @@ async fn not_found(request: Request) -> Problem {
     {
         return Problem::new(Kind::InvalidAssetId, "the asset id is empty");
     }
-    Problem::new(Kind::RouteNotFound, "no route matches this path; see /openapi.yaml")
+    Problem::new(
+        Kind::RouteNotFound,
+        "no route matches this path; see /openapi.yaml",
+    )
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(Kind::MethodNotAllowed, "this route does not accept that method; see /openapi.yaml")
+    Problem::new(
+        Kind::MethodNotAllowed,
+        "this route does not accept that method; see /openapi.yaml",
+    )
 }
 
-async fn request_timeout(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+async fn request_timeout(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Problem::new(

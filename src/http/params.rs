@@ -72,7 +72,10 @@ impl QueryParams {
     /// `label`: a non-empty string.
     pub fn label(&self) -> Result<Option<&str>, Problem> {
         match self.get("label") {
-            Some("") => Err(Problem::new(Kind::InvalidParameter, "label must not be empty")),
+            Some("") => Err(Problem::new(
+                Kind::InvalidParameter,
+                "label must not be empty",
+            )),
             other => Ok(other),
         }
     }
@@ -127,11 +130,7 @@ pub fn parse_time(raw: &str) -> Option<f64> {
     let secs = if let Some(rest) = raw.strip_prefix(['P', 'p']) {
         parse_iso_duration(rest)?
     } else {
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.')
-            || raw.is_empty()
-        {
+        if !raw.bytes().all(|b| b.is_ascii_digit() || b == b'.') || raw.is_empty() {
             return None;
         }
         raw.parse::<f64>().ok()?

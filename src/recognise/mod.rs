@@ -121,7 +121,11 @@ impl Recogniser {
     }
 
     /// Recognises the thumbnails among `blobs`, given the storyboards parsed from its VTT files.
-    pub fn recognise(&self, blobs: &[BlobEntry], storyboards: &[(String, ParsedStoryboard)]) -> Recognition {
+    pub fn recognise(
+        &self,
+        blobs: &[BlobEntry],
+        storyboards: &[(String, ParsedStoryboard)],
+    ) -> Recognition {
         let storyboard = storyboards.iter().find_map(|(vtt_name, sb)| {
             let sprite = blobs.iter().find(|b| b.name == sb.sprite_name)?;
             Some(RecognisedStoryboard {
@@ -203,7 +207,9 @@ impl Recogniser {
                 let caps = p.regex.captures(if p.full_name { name } else { file })?;
                 let index = caps.name("index")?.as_str().parse().ok()?;
                 let resolution = match (caps.name("width"), caps.name("height")) {
-                    (Some(w), Some(h)) => Some((w.as_str().parse().ok()?, h.as_str().parse().ok()?)),
+                    (Some(w), Some(h)) => {
+                        Some((w.as_str().parse().ok()?, h.as_str().parse().ok()?))
+                    }
                     _ => None,
                 };
                 Some(Reading {
@@ -235,11 +241,16 @@ impl Recogniser {
             .or(layer)
             .map_or((None, None), |(w, h)| (Some(w), Some(h)));
         let time = storyboard
-            .and_then(|sb| usize::try_from(r.index).ok().and_then(|i| sb.tiles.get(i.checked_sub(1)?)))
+            .and_then(|sb| {
+                usize::try_from(r.index)
+                    .ok()
+                    .and_then(|i| sb.tiles.get(i.checked_sub(1)?))
+            })
             .map(|tile| tile.start)
             .or_else(|| {
                 self.timing.map(|t| {
-                    t.start.as_secs_f64() + t.step.as_secs_f64() * (r.index.saturating_sub(1)) as f64
+                    t.start.as_secs_f64()
+                        + t.step.as_secs_f64() * (r.index.saturating_sub(1)) as f64
                 })
             });
         Recognised {

@@ -117,7 +117,11 @@ fn labels_of_a_multi_layer_preset_with_underscored_basename() {
 
 #[test]
 fn single_label_is_read_when_the_basename_is_known() {
-    let got = recognise(&["clip.ism", "clip_1280x720_3000.mp4", "clip_poster_000001.jpg"]);
+    let got = recognise(&[
+        "clip.ism",
+        "clip_1280x720_3000.mp4",
+        "clip_poster_000001.jpg",
+    ]);
     assert_eq!(got, vec![t(1, Some("poster"), "clip_poster_000001.jpg")]);
 }
 
@@ -213,7 +217,10 @@ fn resolution_gives_width_and_height() {
         .unwrap()
         .recognise(&blobs, &[]);
     let th = &r.thumbnails[0];
-    assert_eq!((th.width, th.height, th.label.as_deref()), (Some(320), Some(180), None));
+    assert_eq!(
+        (th.width, th.height, th.label.as_deref()),
+        (Some(320), Some(180), None)
+    );
 }
 
 #[test]
@@ -228,12 +235,21 @@ fn dimensions_from_header_then_name_then_layers() {
     };
     let mut with_header = blob("v_large_000002.jpg");
     with_header.dimensions = Some((1000, 500));
-    let blobs = vec![blob("v.mp4"), blob("v_large_000001.jpg"), with_header, blob("v_000003.jpg")];
+    let blobs = vec![
+        blob("v.mp4"),
+        blob("v_large_000001.jpg"),
+        with_header,
+        blob("v_000003.jpg"),
+    ];
     let r = Recogniser::new(&settings).unwrap().recognise(&blobs, &[]);
     let dims: Vec<_> = r.thumbnails.iter().map(|t| (t.width, t.height)).collect();
     assert_eq!(
         dims,
-        vec![(Some(1280), Some(720)), (Some(1000), Some(500)), (None, None)]
+        vec![
+            (Some(1280), Some(720)),
+            (Some(1000), Some(500)),
+            (None, None)
+        ]
     );
 }
 
@@ -280,7 +296,11 @@ fn storyboard_excludes_sprite_and_gives_times() {
     let storyboard = r.storyboard.unwrap();
     assert_eq!(storyboard.sprite.name, "forest_sprite.jpg");
     assert_eq!(storyboard.tiles.len(), 2);
-    let got: Vec<_> = r.thumbnails.iter().map(|t| (t.blob.name.as_str(), t.time)).collect();
+    let got: Vec<_> = r
+        .thumbnails
+        .iter()
+        .map(|t| (t.blob.name.as_str(), t.time))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -310,7 +330,11 @@ fn sprite_named_like_a_thumbnail_is_not_listed() {
 #[test]
 fn storyboard_without_its_sprite_is_ignored() {
     let blobs = vec![blob("Thumbnail000001.jpg")];
-    let sb = vtt::parse("s.vtt", "WEBVTT\n\n00:00.000 --> 00:02.000\nmissing.jpg#xywh=0,0,1,1\n").unwrap();
+    let sb = vtt::parse(
+        "s.vtt",
+        "WEBVTT\n\n00:00.000 --> 00:02.000\nmissing.jpg#xywh=0,0,1,1\n",
+    )
+    .unwrap();
     let r = Recogniser::new(&RecognitionSettings::default())
         .unwrap()
         .recognise(&blobs, &[("s.vtt".into(), sb)]);
@@ -326,7 +350,11 @@ fn custom_patterns_are_compiled_and_checked() {
     };
     let got = recognise_with(
         &settings,
-        &["thumbs/clip-hd-000001.jpg", "thumbs/clip-sd-000001.jpg", "other/clip-hd-000001.jpg"],
+        &[
+            "thumbs/clip-hd-000001.jpg",
+            "thumbs/clip-sd-000001.jpg",
+            "other/clip-hd-000001.jpg",
+        ],
     );
     assert_eq!(
         got,
@@ -358,6 +386,9 @@ fn literal_regex_characters_in_patterns_are_literal() {
         patterns: vec!["thumb.(v1)+{Index}{Extension}".into()],
         ..Default::default()
     };
-    assert_eq!(recognise_with(&settings, &["thumb.(v1)+000001.jpg"]).len(), 1);
+    assert_eq!(
+        recognise_with(&settings, &["thumb.(v1)+000001.jpg"]).len(),
+        1
+    );
     assert!(recognise_with(&settings, &["thumbX(v1)+000001.jpg"]).is_empty());
 }

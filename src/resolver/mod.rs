@@ -263,10 +263,12 @@ impl Resolver {
             storyboard,
             expires_at,
         };
-        let body = Bytes::from(serde_json::to_vec(&asset).map_err(|e| SourceError::Upstream {
-            backend: "render",
-            message: e.to_string(),
-        })?);
+        let body = Bytes::from(
+            serde_json::to_vec(&asset).map_err(|e| SourceError::Upstream {
+                backend: "render",
+                message: e.to_string(),
+            })?,
+        );
         self.stats.renders.fetch_add(1, Ordering::Relaxed);
         let weight = weigh(&asset, &body);
         Ok(Resolved {
@@ -306,7 +308,12 @@ impl Resolver {
             .filter(|b| b.size <= VTT_LIMIT as u64)
             .take(VTT_MAX_FILES);
         for blob in vtts {
-            let bytes = match self.backend.store.read(location, &blob.name, VTT_LIMIT).await {
+            let bytes = match self
+                .backend
+                .store
+                .read(location, &blob.name, VTT_LIMIT)
+                .await
+            {
                 Ok(b) => b,
                 // Deleted between list and read: no storyboard from it.
                 Err(SourceError::NotFound) => continue,
@@ -336,4 +343,3 @@ fn weigh(asset: &AssetThumbnails, body: &Bytes) -> u32 {
     let fixed = 256 + asset.thumbnails.len() * std::mem::size_of::<Thumbnail>();
     u32::try_from(body.len() * 2 + fixed).unwrap_or(u32::MAX)
 }
-

@@ -77,7 +77,10 @@ impl BlobStore for LocalSource {
         name: &str,
         limit: usize,
     ) -> Result<Bytes, SourceError> {
-        if name.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        if name
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
             return Err(SourceError::NotFound);
         }
         let path = self.container_dir(location).join(name);
@@ -88,7 +91,10 @@ impl BlobStore for LocalSource {
                 message: format!("{name} is larger than {limit} bytes"),
             });
         }
-        tokio::fs::read(&path).await.map(Bytes::from).map_err(io_error)
+        tokio::fs::read(&path)
+            .await
+            .map(Bytes::from)
+            .map_err(io_error)
     }
 }
 
@@ -160,7 +166,9 @@ fn walk(dir: &Path) -> Result<Vec<BlobEntry>, SourceError> {
                     .starts_with("image/")
                     .then(|| imagesize::size(entry.path()).ok())
                     .flatten()
-                    .and_then(|s| Some((u32::try_from(s.width).ok()?, u32::try_from(s.height).ok()?)));
+                    .and_then(|s| {
+                        Some((u32::try_from(s.width).ok()?, u32::try_from(s.height).ok()?))
+                    });
                 out.push(BlobEntry {
                     name,
                     size,

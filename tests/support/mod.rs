@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ams_thumbnails::asset_id::AssetId;
+use ams_thumbnails::config::{LocalSourceSettings, SourceSettings};
 use ams_thumbnails::model::{BlobEntry, Link};
 use ams_thumbnails::source::{AssetLocation, Backend, BlobStore, Catalog, Linker, SourceError};
 use ams_thumbnails::{AppState, Server, Settings};
@@ -20,14 +21,15 @@ pub fn samples_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples")
 }
 
-/// Settings for the bundled samples on an ephemeral port, plus `extra` TOML.
+/// Settings for the bundled samples on an ephemeral port, over `extra` TOML.
 pub fn settings(extra: &str) -> Settings {
-    let root = samples_dir();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[source]\nkind = \"local\"\nroot = {:?}\n{extra}",
-        root.display().to_string()
-    );
-    Settings::from_toml(&toml).expect("test settings are valid")
+    let mut settings = Settings::from_toml(extra).expect("test settings are valid");
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.source = SourceSettings::Local(LocalSourceSettings {
+        root: samples_dir(),
+        ..Default::default()
+    });
+    settings
 }
 
 /// Counts every call that reaches the backend; can delay `locate` to widen race windows.
@@ -68,7 +70,8 @@ impl Probe {
     }
 
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn set_link_lifetime(&self, lifetime: Option<Duration>) {
@@ -192,7 +195,11 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
     }
 
     /// Signals shutdown and waits for the server to exit.
@@ -222,7 +229,8 @@ pub async fn assert_problem(
 ) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "status");
     assert_eq!(
-        response.headers()["content-type"], "application/problem+json",
+        response.headers()["content-type"],
+        "application/problem+json",
         "content type"
     );
     let body: serde_json::Value = response.json().await.expect("json body");
@@ -252,6 +260,10 @@ pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default().to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or_default()
+        .to_owned();
     (status, body)
 }

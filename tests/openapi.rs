@@ -1,0 +1,253 @@
+//! `openapi.yaml` is the truth about the HTTP API: the router's routes and the spec's operations
+//! are the same set, and real answers (successes and problems) match the documented status,
+//! media type and schema.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use support::{app_with_probe, settings};
+use tower::ServiceExt;
+
+fn spec() -> Value {
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(ams_thumbnails::http::OPENAPI_YAML).expect("openapi.yaml parses");
+    serde_json::to_value(yaml).expect("YAML maps to JSON")
+}
+
+fn spec_operations(spec: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            if item.get(method).is_some() {
+                ops.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+#[test]
+fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
+    let spec = spec();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    for name in [
+        "AssetThumbnails",
+        "Thumbnail",
+        "Storyboard",
+        "StoryboardTile",
+        "Problem",
+        "Health",
+        "Readiness",
+        "ReadinessCheck",
+    ] {
+        assert!(
+            spec["components"]["schemas"].get(name).is_some(),
+            "schema {name}"
+        );
+    }
+    // Every problem code the service can emit is documented.
+    let codes = &spec["components"]["schemas"]["Problem"]["properties"]["code"]["enum"];
+    for code in [
+        "invalid-asset-id",
+        "invalid-parameter",
+        "asset-not-found",
+        "thumbnail-not-found",
+        "no-thumbnails",
+        "route-not-found",
+        "method-not-allowed",
+        "upstream-error",
+        "upstream-unavailable",
+        "upstream-timeout",
+        "request-timeout",
+        "internal-error",
+    ] {
+        assert!(
+            codes.as_array().unwrap().iter().any(|c| c == code),
+            "code {code} missing from Problem.code"
+        );
+    }
+}
+
+#[test]
+fn router_and_spec_have_the_same_routes() {
+    let (_, state, _) = app_with_probe(settings(""));
+    let router: BTreeSet<(String, String)> = ams_thumbnails::http::route_table(&state)
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_owned()))
+        .collect();
+    let spec = spec_operations(&spec());
+    let missing_in_spec: Vec<_> = router.difference(&spec).collect();
+    let missing_in_router: Vec<_> = spec.difference(&router).collect();
+    assert!(
+        missing_in_spec.is_empty() && missing_in_router.is_empty(),
+        "undocumented routes: {missing_in_spec:?}; documented but not routed: {missing_in_router:?}"
+    );
+}
+
+/// Validates `instance` against a schema from the spec (refs to components resolved).
+fn validate(spec: &Value, schema: &Value, instance: &Value, what: &str) {
+    let rewrite = |v: &Value| -> Value {
+        serde_json::from_str(
+            &serde_json::to_string(v)
+                .unwrap()
+                .replace("#/components/schemas/", "#/$defs/"),
+        )
+        .unwrap()
+    };
+    let mut root = rewrite(schema);
+    root["$schema"] = "https://json-schema.org/draft/2020-12/schema".into();
+    root["$defs"] = rewrite(&spec["components"]["schemas"]);
+    let validator = jsonschema::validator_for(&root).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{what}: {errors:?}\n{instance}");
+}
+
+fn resolve_ref<'a>(spec: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.trim_start_matches('#');
+            spec.pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling {r}"))
+        }
+        None => v,
+    }
+}
+
+/// The documented response for a status (`"404"`, else `"4XX"`, else `default`).
+fn documented<'a>(spec: &'a Value, op: &'a Value, status: u16) -> Option<&'a Value> {
+    let responses = op.get("responses")?;
+    let exact = status.to_string();
+    let range = format!("{}XX", status / 100);
+    responses
+        .get(&exact)
+        .or_else(|| responses.get(&range))
+        .or_else(|| responses.get("default"))
+        .map(|r| resolve_ref(spec, r))
+}
+
+/// Sends a request and checks the answer against the operation `(method, spec_path)`.
+async fn check(app: &axum::Router, spec: &Value, method: &str, spec_path: &str, uri: &str) -> u16 {
+    let op = &spec["paths"][spec_path][method.to_lowercase()];
+    assert!(op.is_object(), "{method} {spec_path} is documented");
+    let response = app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let what = format!("{method} {uri} -> {status}");
+    let doc =
+        documented(spec, op, status).unwrap_or_else(|| panic!("{what}: status not documented"));
+    let headers = response.headers().clone();
+    for (name, header) in doc
+        .get("headers")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let header = resolve_ref(spec, header);
+        if header.get("required") == Some(&Value::Bool(true)) {
+            assert!(
+                headers.contains_key(name.as_str()),
+                "{what}: header {name} documented as required"
+            );
+        }
+    }
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let Some(content) = doc.get("content").and_then(Value::as_object) else {
+        assert!(body.is_empty(), "{what}: body where none is documented");
+        return status;
+    };
+    let content_type = headers
+        .get("content-type")
+        .map(|v| {
+            v.to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let media = content
+        .get(&content_type)
+        .or_else(|| {
+            content
+                .iter()
+                .find(|(k, _)| {
+                    k.ends_with("/*") && content_type.starts_with(k.trim_end_matches('*'))
+                })
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_else(|| panic!("{what}: content type {content_type:?} not documented"));
+    if content_type.ends_with("json") {
+        let instance: Value = serde_json::from_slice(&body).expect("JSON body");
+        let schema = media.get("schema").expect("a schema for JSON");
+        validate(spec, schema, &instance, &what);
+    }
+    status
+}
+
+#[tokio::test]
+async fn real_answers_match_the_spec() {
+    let spec = spec();
+    let (app, _, _) = app_with_probe(settings(""));
+    let t = "/assets/{assetId}/thumbnails";
+    let i = "/assets/{assetId}/thumbnails/{index}";
+    let p = "/assets/{assetId}/poster";
+    let l = "/local/{container}/{blob}";
+    let cases: &[(&str, &str, u16)] = &[
+        (t, "/assets/builtin-preset/thumbnails", 200),
+        (t, "/assets/multi-rendition/thumbnails", 200),
+        (t, "/assets/sprite-storyboard/thumbnails", 200),
+        (t, "/assets/virtual-folders/thumbnails", 200),
+        (t, "/assets/no-thumbnails/thumbnails", 200),
+        (t, "/assets/ghost/thumbnails", 404),
+        (t, "/assets/a..b/thumbnails", 400),
+        (i, "/assets/multi-rendition/thumbnails/1?width=200", 302),
+        (i, "/assets/multi-rendition/thumbnails/1?label=nope", 404),
+        (i, "/assets/multi-rendition/thumbnails/0", 400),
+        (i, "/assets/no-thumbnails/thumbnails/1", 404),
+        (p, "/assets/sprite-storyboard/poster?time=PT3S", 302),
+        (p, "/assets/sprite-storyboard/poster?time=never", 400),
+        (p, "/assets/no-thumbnails/poster", 404),
+        ("/healthz", "/healthz", 200),
+        ("/readyz", "/readyz", 200),
+        ("/openapi.yaml", "/openapi.yaml", 200),
+        (l, "/local/builtin-preset/Thumbnail000001.jpg", 200),
+        (l, "/local/sprite-storyboard/forest_sprite.vtt", 200),
+        (
+            l,
+            "/local/virtual-folders/thumbnails/Thumbnail-harbour-000001.png",
+            200,
+        ),
+        (l, "/local/builtin-preset/missing.jpg", 404),
+    ];
+    let mut covered = BTreeSet::new();
+    for (spec_path, uri, expected) in cases {
+        let status = check(&app, &spec, "GET", spec_path, uri).await;
+        assert_eq!(status, *expected, "GET {uri}");
+        covered.insert(("GET".to_owned(), spec_path.to_string()));
+    }
+    let all = spec_operations(&spec);
+    let uncovered: Vec<_> = all.difference(&covered).collect();
+    assert!(
+        uncovered.is_empty(),
+        "operations without a conformance case: {uncovered:?}"
+    );
+}

@@ -214,7 +214,7 @@ async fn thumbnail_redirect_chooses_rendition_and_the_target_loads() {
     let server = TestServer::start(settings("")).await;
     let base = "/assets/multi-rendition/thumbnails";
     let cases = [
-        ("/2", "river_320x180_000002.png"), // first in list order
+        ("/2", "river_large_000002.jpg"), // the widest by default
         ("/2?label=small", "river_small_000002.jpg"),
         ("/2?label=large", "river_large_000002.jpg"),
         ("/1?width=100", "river_small_000001.jpg"),
@@ -264,6 +264,15 @@ async fn poster_default_and_by_time() {
 #[tokio::test]
 async fn bad_requests_are_problems() {
     let server = TestServer::start(settings("")).await;
+    // The longest valid id is looked up (and not found), not refused.
+    let longest = "a".repeat(260);
+    assert_problem(
+        server.get(&format!("/assets/{longest}/thumbnails")).await,
+        404,
+        "asset-not-found",
+    )
+    .await;
+    server.probe.locates.store(0, Ordering::SeqCst);
     let long = "a".repeat(261);
     let invalid_ids = [
         "/assets//thumbnails".to_owned(),
@@ -351,12 +360,61 @@ async fn not_found_cases_are_problems() {
         .await
         .unwrap();
     assert_problem(response, 405, "method-not-allowed").await;
-    let response = server.get("/local/builtin-preset/nothing.jpg").await;
-    assert_eq!(response.status(), 404);
-    let response = server
-        .get("/local/builtin-preset/..%2F..%2FCargo.toml")
-        .await;
-    assert_eq!(response.status(), 404, "no escape from the samples folder");
+}
+
+#[tokio::test]
+async fn local_files_route_cannot_leave_the_asset_folders() {
+    let server = TestServer::start(settings("")).await;
+    for path in [
+        "/local/builtin-preset/nothing.jpg",
+        "/local/./generate.py",
+        "/local/%2E/README.md",
+        "/local/%2e%2e/Cargo.toml",
+        "/local/builtin-preset/..%2F..%2FCargo.toml",
+        "/local/builtin-preset/%2e%2e/%2e%2e/Cargo.toml",
+        "/local/builtin-preset/..%5C..%5CCargo.toml",
+        "/local/builtin-preset/%5Cetc%5Cpasswd",
+        "/local/builtin-preset//etc/passwd",
+        "/local/builtin-preset/.hidden",
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), 404, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["code"] == "file-not-found" || body["code"] == "route-not-found",
+            "{path}: {body}"
+        );
+    }
+    // Sent raw, so that no client normalises the dot segments first.
+    for path in [
+        "/local/builtin-preset/../../Cargo.toml",
+        "/local/../Cargo.toml",
+        "/local/builtin-preset/../generate.py",
+    ] {
+        let (status, body) = support::raw_get(&server.base, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(
+            !body.contains("[package]") && !body.contains("import"),
+            "{path}"
+        );
+    }
+    // Symlinks pointing out of the root are not followed.
+    let dir = tempfile::tempdir().unwrap();
+    let asset = dir.path().join("linked");
+    std::fs::create_dir(&asset).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", asset.join("Thumbnail000001.jpg")).unwrap();
+    std::os::unix::fs::symlink("/etc", asset.join("etc")).unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[source]\nkind = \"local\"\nroot = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let linked = TestServer::start(ams_thumbnails::Settings::from_toml(&toml).unwrap()).await;
+    let body = thumbnails(&linked, "linked").await;
+    assert_eq!(
+        body["thumbnails"],
+        Value::Array(vec![]),
+        "symlinks are not blobs"
+    );
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
         "asset-not-found",
         "thumbnail-not-found",
         "no-thumbnails",
+        "file-not-found",
         "route-not-found",
         "method-not-allowed",
         "upstream-error",
@@ -237,6 +238,7 @@ async fn real_answers_match_the_spec() {
             200,
         ),
         (l, "/local/builtin-preset/missing.jpg", 404),
+        (l, "/local/builtin-preset/.hidden", 404),
     ];
     let mut covered = BTreeSet::new();
     for (spec_path, uri, expected) in cases {

@@ -17,10 +17,12 @@ use crate::resolver::Resolved;
 pub async fn list(State(state): State<AppState>, path: AssetPath) -> Result<Response, Problem> {
     let resolved = state.resolver.resolve(&path.id).await?;
     let mut response = resolved.body.clone().into_response();
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    headers.insert(header::CACHE_CONTROL, cache_control(&resolved));
     Ok(response)
 }
 
@@ -84,8 +86,9 @@ pub async fn poster(
     Ok(redirect(chosen, &resolved))
 }
 
-/// Picks a rendition: by label; then the smallest at least `width` wide, else the largest;
-/// without a width, the first in list order.
+/// Picks a rendition: by label; then the smallest at least `width` wide, else the widest;
+/// without a width, the widest (the best picture). Renditions of unknown width count only when
+/// none has a known width; ties go to the first in list order.
 fn choose_rendition<'a>(
     renditions: impl Iterator<Item = &'a Thumbnail>,
     label: Option<&str>,
@@ -95,24 +98,37 @@ fn choose_rendition<'a>(
         .filter(|t| label.is_none_or(|l| t.label.as_deref() == Some(l)))
         .collect();
     let first = *candidates.first()?;
-    let Some(wanted) = width else {
-        return Some(first);
-    };
-    let sized = candidates.iter().filter_map(|t| t.width.map(|w| (w, *t)));
-    let at_least = sized
-        .clone()
-        .filter(|(w, _)| *w >= wanted)
-        .min_by_key(|(w, _)| *w);
-    let largest = sized.max_by_key(|(w, _)| *w);
-    Some(at_least.or(largest).map_or(first, |(_, t)| t))
+    let mut narrowest_fit: Option<(u32, &Thumbnail)> = None;
+    let mut widest: Option<(u32, &Thumbnail)> = None;
+    for t in &candidates {
+        let Some(w) = t.width else { continue };
+        if width.is_some_and(|wanted| w >= wanted) && narrowest_fit.is_none_or(|(best, _)| w < best)
+        {
+            narrowest_fit = Some((w, t));
+        }
+        if widest.is_none_or(|(best, _)| w > best) {
+            widest = Some((w, t));
+        }
+    }
+    Some(narrowest_fit.or(widest).map_or(first, |(_, t)| t))
 }
 
-/// 302 to the thumbnail's URL, cacheable no longer than the URL stays valid.
+/// 302 to the thumbnail's URL.
 fn redirect(thumbnail: &Thumbnail, resolved: &Resolved) -> Response {
     let Ok(location) = HeaderValue::from_str(&thumbnail.url) else {
         return Problem::new(Kind::Internal, "the thumbnail URL is not a valid header")
             .into_response();
     };
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, location);
+    headers.insert(header::CACHE_CONTROL, cache_control(resolved));
+    response
+}
+
+/// Cacheable while the service itself would serve the entry, and never longer than its URLs
+/// stay valid; `private` when the URLs are signed (they grant access).
+fn cache_control(resolved: &Resolved) -> HeaderValue {
     let mut max_age = resolved
         .valid_until()
         .saturating_duration_since(Instant::now())
@@ -121,19 +137,12 @@ fn redirect(thumbnail: &Thumbnail, resolved: &Resolved) -> Response {
         let left = (expires - OffsetDateTime::now_utc()).whole_seconds().max(0);
         max_age = max_age.min(left as u64);
     }
-    let cache_control = if resolved.asset.expires_at.is_some() {
-        format!("private, max-age={max_age}")
+    let scope = if resolved.asset.expires_at.is_some() {
+        "private"
     } else {
-        format!("public, max-age={max_age}")
+        "public"
     };
-    let mut response = StatusCode::FOUND.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::LOCATION, location);
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&cache_control).expect("ascii"),
-    );
-    response
+    HeaderValue::from_str(&format!("{scope}, max-age={max_age}")).expect("ASCII header")
 }
 
 #[cfg(test)]
@@ -162,13 +171,32 @@ mod tests {
             th(Some("small"), Some(160)),
         ];
         let pick = |l, w| choose_rendition(all.iter(), l, w).map(|t| t.label.clone().unwrap());
-        assert_eq!(pick(None, None).as_deref(), Some("large"));
+        assert_eq!(
+            pick(None, None).as_deref(),
+            Some("large"),
+            "the widest by default"
+        );
         assert_eq!(pick(Some("small"), None).as_deref(), Some("small"));
         assert_eq!(pick(Some("tiny"), None), None);
         assert_eq!(pick(None, Some(200)).as_deref(), Some("medium"));
         assert_eq!(pick(None, Some(160)).as_deref(), Some("small"));
         assert_eq!(pick(None, Some(1)).as_deref(), Some("small"));
         assert_eq!(pick(None, Some(4000)).as_deref(), Some("large"));
+        let ties = [th(Some("a"), Some(100)), th(Some("b"), Some(100))];
+        assert_eq!(
+            choose_rendition(ties.iter(), None, None)
+                .unwrap()
+                .label
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            choose_rendition(ties.iter(), None, Some(50))
+                .unwrap()
+                .label
+                .as_deref(),
+            Some("a")
+        );
         let no_width = [th(Some("a"), None), th(Some("b"), None)];
         assert_eq!(
             choose_rendition(no_width.iter(), None, Some(100))

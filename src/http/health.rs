@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -18,8 +18,12 @@ struct Alive {
     status: &'static str,
 }
 
+/// Health answers describe this instant: never cached.
+const NO_STORE: (header::HeaderName, HeaderValue) =
+    (header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+
 pub async fn healthz() -> Response {
-    Json(Alive { status: "ok" }).into_response()
+    ([NO_STORE], Json(Alive { status: "ok" })).into_response()
 }
 
 #[derive(Serialize)]
@@ -86,5 +90,5 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         status: if ready { "ready" } else { "unavailable" },
         checks,
     };
-    (status, Json(body)).into_response()
+    (status, [NO_STORE], Json(body)).into_response()
 }

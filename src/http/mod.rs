@@ -6,6 +6,7 @@ mod health;
 pub mod params;
 pub mod problem;
 
+use std::convert::Infallible;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use tower::ServiceBuilder;
+use tower::service_fn;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{
     MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -101,11 +103,18 @@ pub fn app(state: AppState) -> Router {
     if let Some(root) = &state.resolver.backend().local_root {
         let files = ServeDir::new(root)
             .append_index_html_on_directories(false)
-            .call_fallback_on_method_not_allowed(true);
-        // Only files inside a container folder: not the root's own files (README, scripts).
+            .not_found_service(service_fn(|_| async {
+                Ok::<_, Infallible>(
+                    Problem::new(Kind::FileNotFound, "no such file in this asset").into_response(),
+                )
+            }));
+        // Only files inside a container folder (not the root's own README or scripts), and no
+        // hidden or dot segments.
         router = router.nest(
             crate::source::local::ROUTE_PREFIX,
-            Router::new().route_service("/{container}/{*blob}", files),
+            Router::new()
+                .route_service("/{container}/{*blob}", files)
+                .layer(middleware::from_fn(guard_local_path)),
         );
     }
     let timeout = state.settings.server.request_timeout;
@@ -143,6 +152,16 @@ pub fn app(state: AppState) -> Router {
                 })),
         )
         .with_state(state)
+}
+
+/// Refuses local file paths with a segment starting with `.` (`.`, `..`, hidden files) or a
+/// backslash, once percent-decoded: the file server's own checks are the second line.
+async fn guard_local_path(request: Request, next: Next) -> Response {
+    let decoded = percent_encoding::percent_decode_str(request.uri().path()).decode_utf8_lossy();
+    if decoded.contains('\\') || decoded.split('/').any(|s| s.starts_with('.')) {
+        return Problem::new(Kind::FileNotFound, "no such file in this asset").into_response();
+    }
+    next.run(request).await
 }
 
 async fn openapi() -> Response {

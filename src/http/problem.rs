@@ -22,6 +22,7 @@ pub enum Kind {
     AssetNotFound,
     ThumbnailNotFound,
     NoThumbnails,
+    FileNotFound,
     RouteNotFound,
     MethodNotAllowed,
     UpstreamError,
@@ -39,6 +40,7 @@ impl Kind {
             Kind::AssetNotFound => "asset-not-found",
             Kind::ThumbnailNotFound => "thumbnail-not-found",
             Kind::NoThumbnails => "no-thumbnails",
+            Kind::FileNotFound => "file-not-found",
             Kind::RouteNotFound => "route-not-found",
             Kind::MethodNotAllowed => "method-not-allowed",
             Kind::UpstreamError => "upstream-error",
@@ -55,6 +57,7 @@ impl Kind {
             Kind::AssetNotFound
             | Kind::ThumbnailNotFound
             | Kind::NoThumbnails
+            | Kind::FileNotFound
             | Kind::RouteNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::UpstreamError => StatusCode::BAD_GATEWAY,
@@ -71,6 +74,7 @@ impl Kind {
             Kind::AssetNotFound => "Asset not found",
             Kind::ThumbnailNotFound => "Thumbnail not found",
             Kind::NoThumbnails => "Asset has no thumbnails",
+            Kind::FileNotFound => "File not found",
             Kind::RouteNotFound => "No such route",
             Kind::MethodNotAllowed => "Method not allowed",
             Kind::UpstreamError => "Upstream error",

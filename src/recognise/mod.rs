@@ -205,10 +205,17 @@ impl Recogniser {
             .enumerate()
             .filter_map(|(i, p)| {
                 let caps = p.regex.captures(if p.full_name { name } else { file })?;
-                let index = caps.name("index")?.as_str().parse().ok()?;
+                // AMS indices start at 1: `000000` is not one of its names.
+                let index = caps
+                    .name("index")?
+                    .as_str()
+                    .parse()
+                    .ok()
+                    .filter(|i| *i > 0)?;
                 let resolution = match (caps.name("width"), caps.name("height")) {
                     (Some(w), Some(h)) => {
-                        Some((w.as_str().parse().ok()?, h.as_str().parse().ok()?))
+                        let size: (u32, u32) = (w.as_str().parse().ok()?, h.as_str().parse().ok()?);
+                        (size.0 > 0 && size.1 > 0).then_some(size)
                     }
                     _ => None,
                 };

@@ -206,6 +206,7 @@ fn not_thumbnails() {
         "cover.jpg",
         "Thumbnail000001.jpg.tmp",
         "Thumbnail000001",
+        "Thumbnail000000.jpg", // AMS indices start at 1
     ]);
     assert!(got.is_empty(), "{got:?}");
 }
@@ -220,6 +221,19 @@ fn resolution_gives_width_and_height() {
     assert_eq!(
         (th.width, th.height, th.label.as_deref()),
         (Some(320), Some(180), None)
+    );
+}
+
+#[test]
+fn zero_resolution_is_no_resolution() {
+    let blobs = vec![blob("river_0x0_000001.png")];
+    let r = Recogniser::new(&RecognitionSettings::default())
+        .unwrap()
+        .recognise(&blobs, &[]);
+    assert_eq!(r.thumbnails.len(), 1);
+    assert_eq!(
+        (r.thumbnails[0].width, r.thumbnails[0].height),
+        (None, None)
     );
 }
 

@@ -53,7 +53,19 @@ impl Catalog for LocalSource {
         match tokio::fs::metadata(self.container_dir(&location)).await {
             Ok(m) if m.is_dir() => Ok(location),
             Ok(_) => Err(SourceError::NotFound),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SourceError::NotFound),
+            // A name the file system cannot hold (over 255 bytes) cannot be an asset here.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidFilename => Err(SourceError::NotFound),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No such asset, unless the whole folder is gone: that is the operator's problem,
+                // and must not be remembered as "not found".
+                match tokio::fs::metadata(&self.root).await {
+                    Ok(m) if m.is_dir() => Err(SourceError::NotFound),
+                    _ => Err(SourceError::Misconfigured {
+                        backend: BACKEND,
+                        message: "the local source folder does not exist".into(),
+                    }),
+                }
+            }
             Err(e) => Err(io_error(e)),
         }
     }

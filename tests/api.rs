@@ -404,11 +404,7 @@ async fn local_files_route_cannot_leave_the_asset_folders() {
     std::fs::create_dir(&asset).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", asset.join("Thumbnail000001.jpg")).unwrap();
     std::os::unix::fs::symlink("/etc", asset.join("etc")).unwrap();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[source]\nkind = \"local\"\nroot = {:?}\n",
-        dir.path().display().to_string()
-    );
-    let linked = TestServer::start(ams_thumbnails::Settings::from_toml(&toml).unwrap()).await;
+    let linked = TestServer::start(support::settings_for_root(dir.path(), "")).await;
     let body = thumbnails(&linked, "linked").await;
     assert_eq!(
         body["thumbnails"],
@@ -438,11 +434,8 @@ async fn health_readiness_and_spec() {
 #[tokio::test]
 async fn readiness_is_503_when_the_sample_folder_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[source]\nkind = \"local\"\nroot = {:?}\n",
-        dir.path().join("missing").display().to_string()
-    );
-    let server = TestServer::start(ams_thumbnails::Settings::from_toml(&toml).unwrap()).await;
+    let server =
+        TestServer::start(support::settings_for_root(&dir.path().join("missing"), "")).await;
     let response = server.get("/readyz").await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();

@@ -257,11 +257,10 @@ async fn capacity_is_bounded_in_bytes() {
         }
     }
     let max_bytes = 64 * 1024;
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[cache]\nmax_bytes = {max_bytes}\n[source]\nkind = \"local\"\nroot = {:?}\n",
-        dir.path().display().to_string()
-    );
-    let (app, state, _probe) = app_with_probe(ams_thumbnails::Settings::from_toml(&toml).unwrap());
+    let (app, state, _probe) = app_with_probe(support::settings_for_root(
+        dir.path(),
+        &format!("[cache]\nmax_bytes = {max_bytes}\n"),
+    ));
     let mut body_bytes = 0;
     for a in 0..300 {
         let response = app

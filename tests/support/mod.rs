@@ -23,10 +23,15 @@ pub fn samples_dir() -> PathBuf {
 
 /// Settings for the bundled samples on an ephemeral port, over `extra` TOML.
 pub fn settings(extra: &str) -> Settings {
+    settings_for_root(&samples_dir(), extra)
+}
+
+/// Settings for a local source rooted at `root` on an ephemeral port, over `extra` TOML.
+pub fn settings_for_root(root: &std::path::Path, extra: &str) -> Settings {
     let mut settings = Settings::from_toml(extra).expect("test settings are valid");
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.source = SourceSettings::Local(LocalSourceSettings {
-        root: samples_dir(),
+        root: root.to_path_buf(),
         ..Default::default()
     });
     settings

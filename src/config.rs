@@ -28,6 +28,15 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub recognition: RecognitionSettings,
     pub source: SourceSettings,
+    /// How to reach and authenticate to Blob Storage (sources other than `local`).
+    pub storage: StorageSettings,
+    /// What kind of URL clients get (sources other than `local`).
+    pub links: LinkSettings,
+    /// The Entra ID credential, shared by every Azure client (`storage.auth = "entra"`,
+    /// user delegation SAS).
+    pub credential: Option<CredentialSettings>,
+    /// Timeouts, retries and trust for every outbound call.
+    pub upstream: UpstreamSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,6 +181,164 @@ pub struct Timing {
 pub enum SourceSettings {
     /// A folder on disk with one sub-folder per asset, served by this service under `/local/`.
     Local(LocalSourceSettings),
+    /// Blob Storage alone (AMS retired): asset id -> container by template or catalog file.
+    Storage(StorageSourceSettings),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSourceSettings {
+    /// Container of an asset; `{assetId}` is replaced by the id (a GUID is lower-cased, as AMS
+    /// named containers `asset-<guid>`).
+    pub container_template: String,
+    /// A catalog exported while AMS was alive (CSV or JSON rows: name, alternateId, assetId,
+    /// container, storageAccount): assets are then found by name, alternate id or GUID.
+    pub catalog: Option<PathBuf>,
+}
+
+impl Default for StorageSourceSettings {
+    fn default() -> Self {
+        Self {
+            container_template: "asset-{assetId}".into(),
+            catalog: None,
+        }
+    }
+}
+
+/// How the service authenticates its own Blob Storage calls (listing, reading the VTT).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StorageAuth {
+    /// Entra ID bearer tokens from `[credential]` (needs an https endpoint).
+    #[default]
+    Entra,
+    /// A container SAS (`sp=l`) signed with `storage.account_key`; it never leaves the service.
+    AccountKey,
+    /// No authentication: the containers allow public listing.
+    Anonymous,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Default storage account (assets whose metadata names none live here).
+    pub account: String,
+    /// Blob service endpoint; `{account}` is replaced by the account name. For Azurite:
+    /// `http://127.0.0.1:10000/{account}`.
+    pub endpoint: String,
+    pub auth: StorageAuth,
+    /// Key of `account` (base64), for `auth = "account-key"` and account-key SAS links.
+    pub account_key: Option<crate::secret::Secret>,
+    /// Blobs per List Blobs page (1 to 5000).
+    pub page_size: u32,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            account: String::new(),
+            endpoint: "https://{account}.blob.core.windows.net".into(),
+            auth: StorageAuth::default(),
+            account_key: None,
+            page_size: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkMode {
+    /// Plain blob URLs (public containers), or under `links.cdn_base`.
+    Public,
+    /// Read-only, one-blob user delegation SAS from an Entra ID credential: no key shared.
+    #[default]
+    UserDelegationSas,
+    /// Read-only, one-blob service SAS signed with `storage.account_key`.
+    AccountKeySas,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSettings {
+    pub mode: LinkMode,
+    /// Replaces the storage origin (`https://acct.blob.core.windows.net`) in URLs:
+    /// `{cdn_base}/{container}/{blob}`, SAS query kept.
+    pub cdn_base: Option<Url>,
+    /// How long a signed URL is valid.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Signed URLs start this long in the past, for clients whose clocks run behind.
+    #[serde(with = "humantime_serde")]
+    pub clock_skew: Duration,
+    /// Allow `spr=https,http` (an emulator over plain HTTP). Never against real Azure.
+    pub allow_http: bool,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            mode: LinkMode::default(),
+            cdn_base: None,
+            lifetime: Duration::from_secs(3600),
+            clock_skew: Duration::from_secs(300),
+            allow_http: false,
+        }
+    }
+}
+
+/// The Entra ID credential, chosen explicitly (there is no "default chain").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CredentialSettings {
+    /// App registration with a client secret.
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        client_secret: crate::secret::Secret,
+        /// Authority host (sovereign clouds, tests); default `https://login.microsoftonline.com`.
+        authority_host: Option<Url>,
+    },
+    /// Managed identity: system-assigned, or user-assigned by client id.
+    ManagedIdentity { client_id: Option<String> },
+    /// Workload identity federation (AKS): `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_FEDERATED_TOKEN_FILE` from the environment unless given here.
+    WorkloadIdentity {
+        tenant_id: Option<String>,
+        client_id: Option<String>,
+        token_file: Option<PathBuf>,
+    },
+    /// The signed-in Azure CLI (development machines).
+    AzureCli { tenant_id: Option<String> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    /// Time to establish a connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time for one upstream call (each try).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a failed call (5xx, 429, connection errors).
+    pub max_retries: u32,
+    /// Upper bound on the time spent retrying one call.
+    #[serde(with = "humantime_serde")]
+    pub retry_budget: Duration,
+    /// Extra PEM CA certificate to trust (a private CA, an emulator's test CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(20),
+            max_retries: 3,
+            retry_budget: Duration::from_secs(15),
+            ca_file: None,
+        }
+    }
 }
 
 impl Default for SourceSettings {
@@ -230,12 +397,23 @@ fn describe(error: &figment::Error) -> String {
         .join("; ")
 }
 
+/// Built-in defaults as a figment layer. `source` is left out: its variant is chosen by
+/// `source.kind`, and the default variant's fields must not leak into another kind (serde's
+/// default supplies the local source when no layer names one).
+fn defaults() -> serde_json::Value {
+    let mut value = serde_json::to_value(Settings::default()).expect("defaults serialize");
+    if let Some(map) = value.as_object_mut() {
+        map.remove("source");
+    }
+    value
+}
+
 impl Settings {
     /// Loads settings: defaults <- `path` (or `AMS_THUMBNAILS_CONFIG`, or `config/default.toml` if
     /// present) <- environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let env_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
-        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        let mut figment = Figment::from(Serialized::defaults(defaults()));
         match path.map(Path::to_path_buf).or(env_path) {
             // An explicitly named file must exist.
             Some(p) => {
@@ -260,7 +438,7 @@ impl Settings {
     /// Loads settings from a TOML string layered over the defaults (tests, examples).
     pub fn from_toml(toml: &str) -> Result<Self, ConfigError> {
         Self::from_figment(
-            Figment::from(Serialized::defaults(Settings::default())).merge(Toml::string(toml)),
+            Figment::from(Serialized::defaults(defaults())).merge(Toml::string(toml)),
         )
     }
 
@@ -329,6 +507,95 @@ impl Settings {
                     ));
                 }
             }
+            SourceSettings::Storage(storage) => {
+                if storage.catalog.is_none() && !storage.container_template.contains("{assetId}") {
+                    return Err(invalid(
+                        "source.container_template",
+                        "must contain {assetId}".into(),
+                    ));
+                }
+                self.validate_azure()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the settings every Azure-backed source needs.
+    fn validate_azure(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        };
+        let storage = &self.storage;
+        if storage.account.is_empty()
+            || !storage
+                .account
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            || storage.account.len() > 24
+        {
+            return Err(invalid(
+                "storage.account",
+                "must be a storage account name (lower-case letters and digits, at most 24)",
+            ));
+        }
+        let endpoint = storage.endpoint.replace("{account}", &storage.account);
+        let endpoint = Url::parse(&endpoint)
+            .map_err(|e| invalid("storage.endpoint", &format!("not a URL: {e}")))?;
+        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.query().is_some() {
+            return Err(invalid(
+                "storage.endpoint",
+                "must be an http(s) URL without a query",
+            ));
+        }
+        if !(1..=5000).contains(&storage.page_size) {
+            return Err(invalid("storage.page_size", "must be from 1 to 5000"));
+        }
+        let http = endpoint.scheme() == "http";
+        if http && !self.links.allow_http {
+            return Err(invalid(
+                "storage.endpoint",
+                "is plain http: set links.allow_http = true (emulators only)",
+            ));
+        }
+        let needs_key =
+            storage.auth == StorageAuth::AccountKey || self.links.mode == LinkMode::AccountKeySas;
+        if needs_key && storage.account_key.is_none() {
+            return Err(invalid(
+                "storage.account_key",
+                "is required by storage.auth = \"account-key\" and links.mode = \"account-key-sas\"",
+            ));
+        }
+        let needs_credential =
+            storage.auth == StorageAuth::Entra || self.links.mode == LinkMode::UserDelegationSas;
+        if needs_credential && self.credential.is_none() {
+            return Err(invalid(
+                "credential",
+                "is required by storage.auth = \"entra\" and links.mode = \"user-delegation-sas\"",
+            ));
+        }
+        if needs_credential && http {
+            return Err(invalid(
+                "storage.endpoint",
+                "must be https for Entra ID authentication",
+            ));
+        }
+        if self.links.lifetime <= self.cache.min_validity {
+            return Err(invalid(
+                "links.lifetime",
+                "must be longer than cache.min_validity, or no answer could ever be cached",
+            ));
+        }
+        if self.links.lifetime > Duration::from_secs(7 * 24 * 3600) {
+            return Err(invalid("links.lifetime", "must be at most 7 days"));
+        }
+        if let Some(cdn) = &self.links.cdn_base
+            && (!matches!(cdn.scheme(), "http" | "https") || cdn.query().is_some())
+        {
+            return Err(invalid(
+                "links.cdn_base",
+                "must be an http(s) URL without a query",
+            ));
         }
         Ok(())
     }
@@ -348,8 +615,7 @@ impl Settings {
 
     /// The effective configuration as TOML, secrets redacted (`check-config`).
     pub fn to_redacted_toml(&self) -> String {
-        // No setting of this version holds a secret; later ones wrap theirs in `Secret`, which
-        // serializes as "<redacted>".
+        // Secrets are `Secret`s, which serialize as "<redacted>".
         toml_string(self)
     }
 }
@@ -456,6 +722,54 @@ mod tests {
         assert_eq!(back.recognition.layers, s.recognition.layers);
         assert_eq!(back.recognition.timing, s.recognition.timing);
         assert_eq!(back.cache.ttl, s.cache.ttl);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_check_config() {
+        let s = Settings::from_toml(
+            "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\nauth = \"account-key\"\naccount_key = \"c2VjcmV0LWtleQ==\"\n[links]\nmode = \"account-key-sas\"\n[credential]\nkind = \"client-secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-value\"\n",
+        )
+        .unwrap();
+        let text = s.to_redacted_toml();
+        assert!(!text.contains("c2VjcmV0LWtleQ=="), "{text}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+        assert!(!format!("{s:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn azure_settings_are_checked_together() {
+        let base = "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\n";
+        let err = |extra: &str| {
+            Settings::from_toml(&format!("{base}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("").contains("credential"), "entra needs a credential");
+        assert!(
+            err("auth = \"account-key\"\n[links]\nmode = \"account-key-sas\"\n")
+                .contains("storage.account_key")
+        );
+        assert!(
+            err("auth = \"anonymous\"\nendpoint = \"http://127.0.0.1:1/{account}\"\n[links]\nmode = \"public\"\n")
+                .contains("links.allow_http")
+        );
+        assert!(
+            err("auth = \"anonymous\"\n[links]\nmode = \"public\"\nlifetime = \"1m\"\n")
+                .contains("links.lifetime")
+        );
+        assert!(
+            Settings::from_toml(&format!(
+                "{base}auth = \"anonymous\"\n[links]\nmode = \"public\"\n"
+            ))
+            .is_ok()
+        );
+        let bad_account = Settings::from_toml(
+            "[source]\nkind = \"storage\"\n[storage]\naccount = \"Bad_Account\"\nauth = \"anonymous\"\n[links]\nmode = \"public\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_account.contains("storage.account"), "{bad_account}");
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! [`recognise`] (which blobs are thumbnails).
 
 pub mod asset_id;
+pub mod azure;
 pub mod config;
 pub mod http;
 pub mod model;
 pub mod recognise;
 pub mod resolver;
+pub mod secret;
 pub mod server;
 pub mod source;
 pub mod telemetry;

@@ -87,7 +87,14 @@ async fn resolve(settings: Settings, raw_id: String) -> ExitCode {
         }
     };
     let base_url = settings.public_base_url(settings.server.listen);
-    let resolver = Resolver::new(&settings, Backend::from_settings(&settings, &base_url));
+    let backend = match Backend::from_settings(&settings, &base_url) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ams-thumbnails: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let resolver = Resolver::new(&settings, backend);
     match resolver.resolve(&id).await {
         Ok(resolved) => {
             println!("{}", String::from_utf8_lossy(&resolved.body));

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::config::Settings;
+use crate::config::{ConfigError, Settings};
 use crate::http::{AppState, app};
 use crate::source::Backend;
 
@@ -28,12 +28,12 @@ impl Server {
     /// Binds with a backend of the caller's making (tests wrap the configured one).
     pub async fn bind_with(
         settings: Settings,
-        make_backend: impl FnOnce(&Settings, &Url) -> Backend,
+        make_backend: impl FnOnce(&Settings, &Url) -> Result<Backend, ConfigError>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.server.listen).await?;
         let addr = listener.local_addr()?;
         let base_url = settings.public_base_url(addr);
-        let backend = make_backend(&settings, &base_url);
+        let backend = make_backend(&settings, &base_url).map_err(std::io::Error::other)?;
         Ok(Self {
             listener,
             state: AppState::new(settings, backend),

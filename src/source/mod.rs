@@ -2,6 +2,7 @@
 //! reaches a blob ([`Linker`]). They know nothing of caching or HTTP.
 
 pub mod local;
+pub mod storage;
 
 use std::fmt;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::asset_id::AssetId;
-use crate::config::{Settings, SourceSettings};
+use crate::config::{ConfigError, Settings, SourceSettings};
 use crate::model::{BlobEntry, Link};
 
 /// Where an asset's blobs are: a container of a storage account, optionally under a prefix.
@@ -109,17 +110,40 @@ impl fmt::Debug for Backend {
 
 impl Backend {
     /// Builds the configured backend. `public_base_url` is where this service is reachable.
-    pub fn from_settings(settings: &Settings, public_base_url: &url::Url) -> Self {
+    pub fn from_settings(
+        settings: &Settings,
+        public_base_url: &url::Url,
+    ) -> Result<Self, ConfigError> {
         match &settings.source {
             SourceSettings::Local(local) => {
                 let source = Arc::new(local::LocalSource::new(local, public_base_url));
-                Self {
+                Ok(Self {
                     catalog: source.clone(),
                     store: source.clone(),
                     linker: source.clone(),
                     health: vec![source.clone()],
                     local_root: Some(local.root.clone()),
-                }
+                })
+            }
+            SourceSettings::Storage(storage) => {
+                let catalog: Arc<dyn Catalog> = match &storage.catalog {
+                    Some(path) => Arc::new(storage::StorageCatalog::load(
+                        path,
+                        &settings.storage.account,
+                    )?),
+                    None => Arc::new(storage::StorageCatalog::template(
+                        &storage.container_template,
+                        &settings.storage.account,
+                    )),
+                };
+                let azure = crate::azure::AzureBackend::new(settings)?;
+                Ok(Self {
+                    catalog,
+                    store: azure.store,
+                    linker: azure.linker,
+                    health: azure.health,
+                    local_root: None,
+                })
             }
         }
     }

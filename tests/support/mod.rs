@@ -2,6 +2,12 @@
 //! every backend call, and the real server spawned on port 0.
 #![allow(dead_code)]
 
+pub mod azurite;
+pub mod fake_arm;
+pub mod fake_entra;
+pub mod seed;
+pub mod tls;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -151,7 +157,8 @@ impl Linker for Probe {
 /// An in-process app over the samples, with a probe, for `oneshot` tests.
 pub fn app_with_probe(settings: Settings) -> (axum::Router, AppState, Arc<Probe>) {
     let base = url::Url::parse("http://thumbs.test").unwrap();
-    let (probe, backend) = Probe::wrap(Backend::from_settings(&settings, &base));
+    let (probe, backend) =
+        Probe::wrap(Backend::from_settings(&settings, &base).expect("backend builds"));
     let state = AppState::new(settings, backend);
     (ams_thumbnails::app(state.clone()), state, probe)
 }
@@ -170,9 +177,9 @@ impl TestServer {
     pub async fn start(settings: Settings) -> Self {
         let mut probe_slot = None;
         let server = Server::bind_with(settings, |s, url| {
-            let (probe, backend) = Probe::wrap(Backend::from_settings(s, url));
+            let (probe, backend) = Probe::wrap(Backend::from_settings(s, url)?);
             probe_slot = Some(probe);
-            backend
+            Ok(backend)
         })
         .await
         .expect("bind 127.0.0.1:0");

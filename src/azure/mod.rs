@@ -1,0 +1,250 @@
+//! Azure: the shared HTTP transport and retry budget, the Entra ID credential, Blob Storage
+//! listing, and the URL signers. Backends only: no caching, no HTTP serving.
+
+pub mod blob;
+pub mod credential;
+pub mod links;
+pub mod sas;
+
+use std::sync::Arc;
+
+use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
+
+use crate::config::{ConfigError, UpstreamSettings};
+use crate::source::SourceError;
+
+/// The reqwest client every Azure call goes through: connect and per-try timeouts, and the
+/// extra CA when one is configured.
+pub fn http_client(settings: &UpstreamSettings) -> Result<reqwest::Client, ConfigError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.timeout)
+        .pool_idle_timeout(std::time::Duration::from_secs(60));
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read(path).map_err(|e| ConfigError::Invalid {
+            key: "upstream.ca_file".into(),
+            message: format!("cannot read {}: {}", path.display(), e.kind()),
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|_| ConfigError::Invalid {
+            key: "upstream.ca_file".into(),
+            message: "not a PEM certificate".into(),
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| ConfigError::Invalid {
+        key: "upstream".into(),
+        message: format!("cannot build the HTTP client: {e}"),
+    })
+}
+
+/// SDK client options: our transport, and retries bounded by our budget (the SDK's default
+/// budget is about a minute, far past any client's patience).
+pub fn client_options(settings: &UpstreamSettings, client: &reqwest::Client) -> ClientOptions {
+    let retry = if settings.max_retries == 0 {
+        RetryOptions::none()
+    } else {
+        RetryOptions::exponential(ExponentialRetryOptions {
+            initial_delay: azure_core::time::Duration::milliseconds(100),
+            max_retries: settings.max_retries,
+            max_total_elapsed: azure_core::time::Duration::try_from(settings.retry_budget)
+                .unwrap_or(azure_core::time::Duration::seconds(15)),
+            max_delay: azure_core::time::Duration::seconds(2),
+        })
+    };
+    ClientOptions {
+        retry,
+        transport: Some(Transport::new(Arc::new(client.clone()))),
+        ..Default::default()
+    }
+}
+
+/// Maps an SDK error to a domain error. `backend` names the upstream; the SDK's message is
+/// kept out of the domain error (it can carry URLs with SAS queries) and reduced to its status.
+pub fn source_error(backend: &'static str, e: &azure_core::Error) -> SourceError {
+    use azure_core::error::ErrorKind;
+    let status = e.http_status().map(u16::from);
+    match status {
+        Some(404) => SourceError::NotFound,
+        Some(401 | 403) => SourceError::Misconfigured {
+            backend,
+            message: format!("access denied ({})", status.unwrap_or_default()),
+        },
+        Some(429 | 503) => SourceError::Throttled {
+            backend,
+            retry_after: None,
+        },
+        Some(code) => SourceError::Upstream {
+            backend,
+            message: format!("HTTP {code}"),
+        },
+        None => match e.kind() {
+            ErrorKind::Io => SourceError::Upstream {
+                backend,
+                message: "connection failed".into(),
+            },
+            ErrorKind::Credential => SourceError::Misconfigured {
+                backend,
+                message: "the credential could not get a token".into(),
+            },
+            ErrorKind::DataConversion => SourceError::Upstream {
+                backend,
+                message: "malformed answer".into(),
+            },
+            _ => {
+                if is_timeout(e) {
+                    SourceError::Timeout { backend }
+                } else {
+                    SourceError::Upstream {
+                        backend,
+                        message: "request failed".into(),
+                    }
+                }
+            }
+        },
+    }
+}
+
+fn is_timeout(e: &azure_core::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(r) = err.downcast_ref::<reqwest::Error>()
+            && r.is_timeout()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The Azure parts of a backend, built once from the settings: one HTTP client, one
+/// credential, shared by the blob store, the linker and the health check.
+pub struct AzureBackend {
+    pub store: Arc<dyn crate::source::BlobStore>,
+    pub linker: Arc<dyn crate::source::Linker>,
+    pub health: Vec<Arc<dyn crate::source::HealthCheck>>,
+}
+
+impl AzureBackend {
+    pub fn new(settings: &crate::config::Settings) -> Result<Self, ConfigError> {
+        use crate::config::{LinkMode, StorageAuth};
+        use blob::{AzureBlobStore, BlobEndpoint, StorageAccess};
+        use links::{AccountKeySasLinker, LinkBase, PublicLinker, UserDelegationLinker, Validity};
+
+        let http = http_client(&settings.upstream)?;
+        let options = client_options(&settings.upstream, &http);
+        let credential = settings
+            .credential
+            .as_ref()
+            .map(|c| credential::build(c, &options))
+            .transpose()?;
+        let signer = settings
+            .storage
+            .account_key
+            .as_ref()
+            .map(|key| {
+                sas::AccountKeySigner::new(&settings.storage.account, key).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "storage.account_key".into(),
+                        message: e.to_string(),
+                    }
+                })
+            })
+            .transpose()?;
+        let protocol = if settings.links.allow_http {
+            sas::SasProtocol::HttpsAndHttp
+        } else {
+            sas::SasProtocol::Https
+        };
+        let missing = |key: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: "is required by the configured modes".into(),
+        };
+        let endpoint = BlobEndpoint::new(&settings.storage.endpoint);
+        let access = match settings.storage.auth {
+            StorageAuth::Anonymous => StorageAccess::Anonymous,
+            StorageAuth::AccountKey => StorageAccess::AccountKey {
+                signer: signer
+                    .clone()
+                    .ok_or_else(|| missing("storage.account_key"))?,
+                protocol,
+            },
+            StorageAuth::Entra => {
+                StorageAccess::Entra(credential.clone().ok_or_else(|| missing("credential"))?)
+            }
+        };
+        let store = Arc::new(AzureBlobStore::new(
+            endpoint.clone(),
+            access,
+            options.clone(),
+            settings.storage.page_size,
+        ));
+        let base = LinkBase::new(endpoint.clone(), settings.links.cdn_base.as_ref());
+        let validity = Validity {
+            lifetime: settings.links.lifetime,
+            clock_skew: settings.links.clock_skew,
+            protocol,
+        };
+        let linker: Arc<dyn crate::source::Linker> = match settings.links.mode {
+            LinkMode::Public => Arc::new(PublicLinker { base }),
+            LinkMode::AccountKeySas => Arc::new(AccountKeySasLinker {
+                base,
+                signer: signer.ok_or_else(|| missing("storage.account_key"))?,
+                validity,
+            }),
+            LinkMode::UserDelegationSas => Arc::new(UserDelegationLinker::new(
+                base,
+                endpoint.clone(),
+                credential.clone().ok_or_else(|| missing("credential"))?,
+                options.clone(),
+                validity,
+            )),
+        };
+        let health: Vec<Arc<dyn crate::source::HealthCheck>> = vec![Arc::new(StorageHealth {
+            url: endpoint.service_url(&settings.storage.account),
+            http,
+            credential,
+        })];
+        Ok(Self {
+            store,
+            linker,
+            health,
+        })
+    }
+}
+
+/// Readiness of Blob Storage: the endpoint answers, and the credential (if any) gets a token.
+struct StorageHealth {
+    url: String,
+    http: reqwest::Client,
+    credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
+}
+
+#[async_trait::async_trait]
+impl crate::source::HealthCheck for StorageHealth {
+    fn name(&self) -> &str {
+        "storage"
+    }
+
+    fn required(&self) -> bool {
+        true
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        // Any HTTP answer proves the endpoint is reachable (anonymous requests get 4xx).
+        self.http.get(&self.url).send().await.map_err(|e| {
+            if e.is_timeout() {
+                "the storage endpoint did not answer in time".to_owned()
+            } else {
+                "the storage endpoint is unreachable".to_owned()
+            }
+        })?;
+        if let Some(credential) = &self.credential {
+            credential
+                .get_token(&["https://storage.azure.com/.default"], None)
+                .await
+                .map_err(|_| "the credential cannot get a token for Storage".to_owned())?;
+        }
+        Ok(())
+    }
+}

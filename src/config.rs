@@ -183,6 +183,37 @@ pub enum SourceSettings {
     Local(LocalSourceSettings),
     /// Blob Storage alone (AMS retired): asset id -> container by template or catalog file.
     Storage(StorageSourceSettings),
+    /// Azure Media Services metadata through ARM (needs `[credential]`).
+    Ams(AmsSourceSettings),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmsSourceSettings {
+    pub subscription_id: String,
+    pub resource_group: String,
+    /// The Media Services account name.
+    pub account_name: String,
+    /// ARM endpoint (sovereign clouds, tests).
+    #[serde(default = "default_arm_endpoint")]
+    pub arm_endpoint: Url,
+    /// Token audience for ARM.
+    #[serde(default = "default_arm_audience")]
+    pub arm_audience: String,
+    #[serde(default = "default_ams_api_version")]
+    pub api_version: String,
+}
+
+fn default_arm_endpoint() -> Url {
+    Url::parse("https://management.azure.com").expect("valid URL")
+}
+
+fn default_arm_audience() -> String {
+    "https://management.azure.com".into()
+}
+
+fn default_ams_api_version() -> String {
+    "2023-01-01".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -513,6 +544,27 @@ impl Settings {
                         "source.container_template",
                         "must contain {assetId}".into(),
                     ));
+                }
+                self.validate_azure()?;
+            }
+            SourceSettings::Ams(ams) => {
+                for (key, value) in [
+                    ("source.subscription_id", &ams.subscription_id),
+                    ("source.resource_group", &ams.resource_group),
+                    ("source.account_name", &ams.account_name),
+                ] {
+                    if value.trim().is_empty() {
+                        return Err(invalid(key, "must not be empty".into()));
+                    }
+                }
+                if self.credential.is_none() {
+                    return Err(invalid(
+                        "credential",
+                        "is required by source.kind = \"ams\" (ARM calls need a token)".into(),
+                    ));
+                }
+                if ams.arm_endpoint.scheme() != "https" {
+                    return Err(invalid("source.arm_endpoint", "must be https".into()));
                 }
                 self.validate_azure()?;
             }

@@ -56,6 +56,7 @@ fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
         "invalid-asset-id",
         "invalid-parameter",
         "asset-not-found",
+        "asset-unservable",
         "thumbnail-not-found",
         "no-thumbnails",
         "file-not-found",

@@ -120,6 +120,8 @@ fn is_timeout(e: &azure_core::Error) -> bool {
 /// The Azure parts of a backend, built once from the settings: one HTTP client, one
 /// credential, shared by the blob store, the linker and the health check.
 pub struct AzureBackend {
+    pub http: reqwest::Client,
+    pub credential: Option<Arc<dyn azure_core::credentials::TokenCredential>>,
     pub store: Arc<dyn crate::source::BlobStore>,
     pub linker: Arc<dyn crate::source::Linker>,
     pub health: Vec<Arc<dyn crate::source::HealthCheck>>,
@@ -202,10 +204,12 @@ impl AzureBackend {
         };
         let health: Vec<Arc<dyn crate::source::HealthCheck>> = vec![Arc::new(StorageHealth {
             url: endpoint.service_url(&settings.storage.account),
-            http,
-            credential,
+            http: http.clone(),
+            credential: credential.clone(),
         })];
         Ok(Self {
+            http,
+            credential,
             store,
             linker,
             health,

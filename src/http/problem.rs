@@ -20,6 +20,7 @@ pub enum Kind {
     InvalidAssetId,
     InvalidParameter,
     AssetNotFound,
+    AssetUnservable,
     ThumbnailNotFound,
     NoThumbnails,
     FileNotFound,
@@ -38,6 +39,7 @@ impl Kind {
             Kind::InvalidAssetId => "invalid-asset-id",
             Kind::InvalidParameter => "invalid-parameter",
             Kind::AssetNotFound => "asset-not-found",
+            Kind::AssetUnservable => "asset-unservable",
             Kind::ThumbnailNotFound => "thumbnail-not-found",
             Kind::NoThumbnails => "no-thumbnails",
             Kind::FileNotFound => "file-not-found",
@@ -60,6 +62,7 @@ impl Kind {
             | Kind::FileNotFound
             | Kind::RouteNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::AssetUnservable => StatusCode::CONFLICT,
             Kind::UpstreamError => StatusCode::BAD_GATEWAY,
             Kind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamTimeout | Kind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -72,6 +75,7 @@ impl Kind {
             Kind::InvalidAssetId => "Invalid asset id",
             Kind::InvalidParameter => "Invalid parameter",
             Kind::AssetNotFound => "Asset not found",
+            Kind::AssetUnservable => "Asset cannot be served",
             Kind::ThumbnailNotFound => "Thumbnail not found",
             Kind::NoThumbnails => "Asset has no thumbnails",
             Kind::FileNotFound => "File not found",
@@ -156,6 +160,9 @@ impl From<&SourceError> for Problem {
         // Details name the backend, never its URLs, keys or raw error text (which may carry them).
         match e {
             SourceError::NotFound => Problem::new(Kind::AssetNotFound, "no asset has this id"),
+            SourceError::Unservable { reason } => {
+                Problem::new(Kind::AssetUnservable, reason.clone())
+            }
             SourceError::Upstream { backend, .. } => Problem::new(
                 Kind::UpstreamError,
                 format!("the {backend} backend failed; try again later"),

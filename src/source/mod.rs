@@ -1,6 +1,7 @@
 //! Backends: where an asset lives ([`Catalog`]), what is in it ([`BlobStore`]) and how a client
 //! reaches a blob ([`Linker`]). They know nothing of caching or HTTP.
 
+pub mod ams;
 pub mod local;
 pub mod storage;
 
@@ -47,6 +48,9 @@ pub enum SourceError {
         backend: &'static str,
         message: String,
     },
+    /// The asset exists but its blobs cannot be handed out (storage-encrypted by AMS).
+    #[error("asset cannot be served: {reason}")]
+    Unservable { reason: String },
 }
 
 /// Maps an asset id to the place its blobs live.
@@ -142,6 +146,32 @@ impl Backend {
                     store: azure.store,
                     linker: azure.linker,
                     health: azure.health,
+                    local_root: None,
+                })
+            }
+            SourceSettings::Ams(ams_settings) => {
+                let azure = crate::azure::AzureBackend::new(settings)?;
+                let credential = azure
+                    .credential
+                    .clone()
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "credential".into(),
+                        message: "is required by source.kind = \"ams\"".into(),
+                    })?;
+                let catalog = Arc::new(ams::AmsCatalog::new(
+                    ams_settings,
+                    &settings.upstream,
+                    azure.http.clone(),
+                    credential,
+                    &settings.storage.account,
+                )?);
+                let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
+                health.extend(azure.health);
+                Ok(Self {
+                    catalog,
+                    store: azure.store,
+                    linker: azure.linker,
+                    health,
                     local_root: None,
                 })
             }

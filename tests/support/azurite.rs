@@ -50,7 +50,7 @@ enum Outcome {
 impl Azurite {
     /// Azurite over plain http with Shared Key / SAS auth.
     pub async fn start_http() -> Self {
-        Self::start(None, reqwest::Client::new()).await
+        Self::start(None, probe_client(reqwest::Client::builder())).await
     }
 
     /// Azurite over https (leaf certificate of `pki`) with `--oauth basic` (Bearer tokens are
@@ -60,7 +60,7 @@ impl Azurite {
             cert: pki.cert_pem.clone(),
             key: pki.key_pem.clone(),
         };
-        Self::start(Some(tls), super::tls::client(pki)).await
+        Self::start(Some(tls), probe_client(super::tls::client_builder(pki))).await
     }
 
     async fn start(tls: Option<TlsFiles>, probe: reqwest::Client) -> Self {
@@ -261,6 +261,15 @@ fn azurite_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The readiness probe's client: no pooled connections, so an instance made on one tokio
+/// runtime can be restarted from another.
+fn probe_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    builder
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("probe client")
 }
 
 /// A port that was free a moment ago (bound on 127.0.0.1:0, then released).

@@ -1,1 +1,1225 @@
-//! (being written)
+//! A fake Azure Resource Manager (`https://management.azure.com`) serving the three Azure Media
+//! Services asset operations the service calls, for one subscription / resource group / account:
+//!
+//! - `GET  .../mediaServices/{account}/assets/{name}?api-version=2023-01-01` (Assets - Get)
+//! - `GET  .../mediaServices/{account}/assets?api-version=2023-01-01[&$filter][&$top]`
+//!   (Assets - List, paged with absolute `@odata.nextLink`s carrying a `$skiptoken`)
+//! - `POST .../mediaServices/{account}/assets/{name}/listContainerSas?api-version=2023-01-01`
+//!
+//! AMS was retired in June 2024, so the contract is the last published swagger: every success
+//! body is built from the official examples in `shared/reference/ams-examples/` (loaded at run
+//! time, asset fields substituted), so the fake cannot drift from them silently:
+//! - Get: `assets-get-by-name.json` `responses.200.body`;
+//! - List: `assets-list-all.json` `responses.200.body` (its `value[0]` as the item shape) plus
+//!   `@odata.nextLink` from the swagger's `AssetCollection` (no example shows one);
+//! - listContainerSas: `assets-list-sas-urls.json` `responses.200.body`;
+//! - default subscription / resource group / account: `assets-get-by-name.json` `parameters`.
+//!
+//! Errors use ARM's `{"error":{"code","message"}}` envelope (the swagger's `default` response).
+//! Like ARM, the fake checks the api-version and the bearer token (an HS256 JWT signed by the fake
+//! Entra ID, audience `https://management.azure.com`), and it counts every hit, so tests can
+//! assert how many upstream calls the service made. Faults are queued per operation.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use super::fake_entra::{json_response, json_text_response, verify_jwt};
+use super::tls::{self, TestPki};
+
+/// The only api-version the fake serves (the swagger the examples come from).
+pub const API_VERSION: &str = "2023-01-01";
+/// The audience ARM tokens must carry (Entra drops the trailing `/` of the resource).
+pub const ARM_AUDIENCE: &str = "https://management.azure.com";
+/// AMS's default (and maximum) page size for Assets - List.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+/// listContainerSas refuses expiry times further ahead than this (swagger: "must be less than 24
+/// hours from the current time").
+pub const MAX_SAS_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// An AMS asset the fake knows. Build with [`FakeAsset::new`] and the setters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FakeAsset {
+    pub name: String,
+    pub asset_id: Uuid,
+    pub alternate_id: Option<String>,
+    pub description: Option<String>,
+    /// `None` -> `asset-{assetId}`, the container AMS generates (see `assets-create.json`).
+    pub container: Option<String>,
+    /// `None` -> the property is left out, as for assets in the account's primary storage.
+    pub storage_account_name: Option<String>,
+    /// `None` or `MediaStorageClientEncryption`.
+    pub storage_encryption_format: String,
+    pub created: OffsetDateTime,
+    pub last_modified: OffsetDateTime,
+}
+
+impl FakeAsset {
+    /// An unencrypted asset in the default container, created now.
+    pub fn new(name: impl Into<String>, asset_id: Uuid) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            name: name.into(),
+            asset_id,
+            alternate_id: None,
+            description: None,
+            container: None,
+            storage_account_name: None,
+            storage_encryption_format: "None".to_owned(),
+            created: now,
+            last_modified: now,
+        }
+    }
+
+    pub fn alternate_id(mut self, alternate_id: impl Into<String>) -> Self {
+        self.alternate_id = Some(alternate_id.into());
+        self
+    }
+
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    pub fn container(mut self, container: impl Into<String>) -> Self {
+        self.container = Some(container.into());
+        self
+    }
+
+    pub fn storage_account_name(mut self, account: impl Into<String>) -> Self {
+        self.storage_account_name = Some(account.into());
+        self
+    }
+
+    pub fn storage_encryption_format(mut self, format: impl Into<String>) -> Self {
+        self.storage_encryption_format = format.into();
+        self
+    }
+
+    /// The blob container the asset's files live in.
+    pub fn container_name(&self) -> String {
+        self.container
+            .clone()
+            .unwrap_or_else(|| format!("asset-{}", self.asset_id))
+    }
+}
+
+/// The ARM operations the fake serves; counters and fault queues are kept per operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArmOp {
+    Get,
+    List,
+    ListContainerSas,
+}
+
+/// A fault for the next request of one operation, consumed in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArmFault {
+    /// This status with an ARM error body (code from the status' reason phrase).
+    Status(u16),
+    /// 429 with `Retry-After` and an ARM `TooManyRequests` error body.
+    TooManyRequests { retry_after_secs: u64 },
+    /// Wait this long, then answer normally (to trip client timeouts).
+    Delay(Duration),
+    /// No response at all. HTTP/1.1: the socket is closed. HTTP/2 (what TLS + ALPN gives
+    /// reqwest): the stream is reset, since hyper runs each h2 stream in its own task.
+    DropConnection,
+    /// 200 with a JSON content type and the real body cut in half.
+    MalformedJson,
+    /// List only: the page's `@odata.nextLink` points back to this same page, and so does the
+    /// one on that page, forever.
+    NextLinkLoop,
+}
+
+/// The bearer token seen on the latest request.
+#[derive(Clone, Debug)]
+pub struct LastAuthorization {
+    pub operation: Option<ArmOp>,
+    /// The raw `Authorization` header, if any.
+    pub header: Option<String>,
+    /// The token's claims if it decoded (signature not required for this record).
+    pub claims: Option<Value>,
+}
+
+/// Mints the `assetContainerSasUrls` for listContainerSas: `(asset, permissions, expiry)`, where
+/// permissions is `Read`, `ReadWrite` or `ReadWriteDelete` as requested.
+pub type SasMinter = Box<MintFn>;
+type MintFn = dyn Fn(&FakeAsset, &str, OffsetDateTime) -> Vec<String> + Send + Sync;
+
+/// The fake ARM. Cheap to clone: clones share state.
+#[derive(Clone)]
+pub struct FakeArm {
+    state: Arc<Mutex<ArmState>>,
+}
+
+struct ArmState {
+    base_url: Option<String>,
+    subscription_id: String,
+    resource_group: String,
+    account: String,
+    assets: Vec<FakeAsset>,
+    page_size: usize,
+    forbidden: bool,
+    minter: Option<Arc<MintFn>>,
+    faults: HashMap<ArmOp, VecDeque<ArmFault>>,
+    hits: HashMap<ArmOp, usize>,
+    total_hits: usize,
+    last_authorization: Option<LastAuthorization>,
+}
+
+impl Default for FakeArm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeArm {
+    /// No assets, the examples' subscription / resource group / account, page size 1000.
+    pub fn new() -> Self {
+        let params = &templates().params;
+        Self {
+            state: Arc::new(Mutex::new(ArmState {
+                base_url: None,
+                subscription_id: params.subscription_id.clone(),
+                resource_group: params.resource_group.clone(),
+                account: params.account.clone(),
+                assets: Vec::new(),
+                page_size: DEFAULT_PAGE_SIZE,
+                forbidden: false,
+                minter: None,
+                faults: HashMap::new(),
+                hits: HashMap::new(),
+                total_hits: 0,
+                last_authorization: None,
+            })),
+        }
+    }
+
+    /// A default fake served over HTTPS with the test PKI.
+    pub async fn start_https(pki: &TestPki) -> Self {
+        Self::new().serve_https(pki).await
+    }
+
+    /// Serves this (configured) fake over HTTPS on 127.0.0.1:0 and records its address (the
+    /// base of the `@odata.nextLink`s).
+    pub async fn serve_https(self, pki: &TestPki) -> Self {
+        let addr = tls::serve_https(self.router(), pki).await;
+        self.set_base_url(format!("https://{addr}"));
+        self
+    }
+
+    /// The routes, to serve any way a test likes (then call [`FakeArm::set_base_url`]).
+    /// Paths are matched by hand, case-insensitively like ARM, so both `mediaServices` (request
+    /// template) and `mediaservices` (returned ids) work and wrong scopes get ARM's own codes.
+    pub fn router(&self) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+
+    fn state(&self) -> MutexGuard<'_, ArmState> {
+        // A panicking test must not poison the fake for the other assertions.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- configuration ----
+
+    /// The one subscription / resource group / Media Services account the fake holds.
+    pub fn with_scope(
+        self,
+        subscription_id: impl Into<String>,
+        resource_group: impl Into<String>,
+        account: impl Into<String>,
+    ) -> Self {
+        {
+            let mut s = self.state();
+            s.subscription_id = subscription_id.into();
+            s.resource_group = resource_group.into();
+            s.account = account.into();
+        }
+        self
+    }
+
+    /// Assets per List page (AMS: 1000).
+    pub fn with_page_size(self, page_size: usize) -> Self {
+        assert!(page_size > 0, "page size must be positive");
+        self.state().page_size = page_size;
+        self
+    }
+
+    /// Where the fake is reachable, e.g. `https://127.0.0.1:1234`: the base of nextLinks.
+    pub fn set_base_url(&self, base_url: impl Into<String>) {
+        self.state().base_url = Some(base_url.into().trim_end_matches('/').to_owned());
+    }
+
+    /// Adds (or replaces, by name) an asset.
+    pub fn add_asset(&self, asset: FakeAsset) {
+        let mut s = self.state();
+        s.assets
+            .retain(|a| !a.name.eq_ignore_ascii_case(&asset.name));
+        s.assets.push(asset);
+        // List order: by name, as in assets-list-all.json.
+        s.assets.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    pub fn remove_asset(&self, name: &str) {
+        self.state()
+            .assets
+            .retain(|a| !a.name.eq_ignore_ascii_case(name));
+    }
+
+    /// When set, authenticated requests get 403 `AuthorizationFailed` (no role assignment).
+    pub fn set_forbidden(&self, forbidden: bool) {
+        self.state().forbidden = forbidden;
+    }
+
+    /// How listContainerSas makes its URLs (e.g. real SAS URLs for Azurite). Without one, the
+    /// fake answers two URLs shaped like the example's (not usable against any storage).
+    pub fn set_container_sas_minter(&self, minter: SasMinter) {
+        self.state().minter = Some(Arc::from(minter));
+    }
+
+    // ---- faults ----
+
+    /// Queues a fault for the next request of `op`.
+    pub fn push_fault(&self, op: ArmOp, fault: ArmFault) {
+        self.push_faults(op, fault, 1);
+    }
+
+    /// Queues the same fault for the next `times` requests of `op`.
+    pub fn push_faults(&self, op: ArmOp, fault: ArmFault, times: usize) {
+        assert!(
+            op == ArmOp::List || fault != ArmFault::NextLinkLoop,
+            "NextLinkLoop only applies to ArmOp::List"
+        );
+        self.state()
+            .faults
+            .entry(op)
+            .or_default()
+            .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Faults still queued for `op`.
+    pub fn pending_faults(&self, op: ArmOp) -> usize {
+        self.state().faults.get(&op).map_or(0, VecDeque::len)
+    }
+
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
+    // ---- what tests read ----
+
+    /// Base URL, e.g. `https://127.0.0.1:1234`; panics if the fake was never served.
+    pub fn base_url(&self) -> String {
+        self.state()
+            .base_url
+            .clone()
+            .expect("FakeArm is not served yet: use serve_https/start_https or set_base_url")
+    }
+
+    pub fn subscription_id(&self) -> String {
+        self.state().subscription_id.clone()
+    }
+
+    pub fn resource_group(&self) -> String {
+        self.state().resource_group.clone()
+    }
+
+    pub fn account(&self) -> String {
+        self.state().account.clone()
+    }
+
+    /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Media/mediaServices/{account}`
+    pub fn account_path(&self) -> String {
+        let s = self.state();
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaServices/{}",
+            s.subscription_id, s.resource_group, s.account
+        )
+    }
+
+    /// Absolute URL of the assets collection, with `?api-version=2023-01-01`.
+    pub fn assets_url(&self) -> String {
+        format!(
+            "{}{}/assets?api-version={API_VERSION}",
+            self.base_url(),
+            self.account_path()
+        )
+    }
+
+    /// Absolute URL of one asset, with `?api-version=2023-01-01`.
+    pub fn asset_url(&self, name: &str) -> String {
+        format!(
+            "{}{}/assets/{}?api-version={API_VERSION}",
+            self.base_url(),
+            self.account_path(),
+            utf8_percent_encode(name, PATH_SEGMENT)
+        )
+    }
+
+    /// Absolute URL of an asset's listContainerSas action, with `?api-version=2023-01-01`.
+    pub fn list_container_sas_url(&self, name: &str) -> String {
+        format!(
+            "{}{}/assets/{}/listContainerSas?api-version={API_VERSION}",
+            self.base_url(),
+            self.account_path(),
+            utf8_percent_encode(name, PATH_SEGMENT)
+        )
+    }
+
+    /// Requests routed to `op` (all outcomes: faults, 4xx and 200 alike).
+    pub fn hits(&self, op: ArmOp) -> usize {
+        self.state().hits.get(&op).copied().unwrap_or(0)
+    }
+
+    /// Every request the fake received, unknown routes included.
+    pub fn total_hits(&self) -> usize {
+        self.state().total_hits
+    }
+
+    pub fn last_authorization(&self) -> Option<LastAuthorization> {
+        self.state().last_authorization.clone()
+    }
+}
+
+// ---- request handling ----
+
+/// What a request path resolved to.
+struct Target {
+    op: ArmOp,
+    subscription_id: String,
+    resource_group: String,
+    account: String,
+    asset: Option<String>,
+}
+
+/// `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Media/mediaServices/{a}/assets
+/// [/{name}[/listContainerSas]]`, literal segments compared case-insensitively as ARM does.
+fn route(method: &Method, path: &str) -> Option<Target> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let literal = |i: usize, expected: &str| {
+        segments
+            .get(i)
+            .is_some_and(|s| s.eq_ignore_ascii_case(expected))
+    };
+    let value = |i: usize| {
+        percent_decode_str(segments[i])
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let prefix_ok = segments.len() >= 9
+        && literal(0, "subscriptions")
+        && literal(2, "resourceGroups")
+        && literal(4, "providers")
+        && literal(5, "Microsoft.Media")
+        && literal(6, "mediaServices")
+        && literal(8, "assets");
+    if !prefix_ok {
+        return None;
+    }
+    let (op, asset) = match (method, segments.len()) {
+        (&Method::GET, 9) => (ArmOp::List, None),
+        (&Method::GET, 10) if !segments[9].is_empty() => (ArmOp::Get, Some(value(9))),
+        (&Method::POST, 11) if literal(10, "listContainerSas") && !segments[9].is_empty() => {
+            (ArmOp::ListContainerSas, Some(value(9)))
+        }
+        _ => return None,
+    };
+    Some(Target {
+        op,
+        subscription_id: value(1),
+        resource_group: value(3),
+        account: value(7),
+        asset,
+    })
+}
+
+async fn handle(
+    State(arm): State<FakeArm>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut response = respond(arm, method, uri, headers, body).await;
+    // ARM stamps every response; clients log it for support cases.
+    response.headers_mut().insert(
+        "x-ms-request-id",
+        HeaderValue::from_str(&Uuid::new_v4().to_string()).expect("a UUID is a header value"),
+    );
+    response
+}
+
+async fn respond(
+    arm: FakeArm,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = route(&method, uri.path());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+
+    // Count and record first: every request that reached the fake is a hit, whatever follows.
+    let fault = {
+        let mut s = arm.state();
+        s.total_hits += 1;
+        let op = target.as_ref().map(|t| t.op);
+        if let Some(op) = op {
+            *s.hits.entry(op).or_default() += 1;
+        }
+        s.last_authorization = Some(LastAuthorization {
+            operation: op,
+            claims: authorization
+                .as_deref()
+                .and_then(bearer_token)
+                .and_then(|t| super::fake_entra::jwt_claims(t).ok()),
+            header: authorization.clone(),
+        });
+        op.and_then(|op| s.faults.get_mut(&op).and_then(VecDeque::pop_front))
+    };
+
+    let Some(target) = target else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "The fake ARM serves only Assets - Get, Assets - List and \
+                 Assets - ListContainerSas; not {method} {}.",
+                uri.path()
+            ),
+        );
+    };
+
+    let mut next_link_loop = false;
+    let mut malformed = false;
+    match fault {
+        None => {}
+        Some(ArmFault::Status(code)) => {
+            let status = StatusCode::from_u16(code).expect("fault status is a valid code");
+            let code_name: String = status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .split_whitespace()
+                .collect();
+            return arm_error(
+                status,
+                &code_name,
+                &format!("Fault injected by the fake ARM: {code}."),
+            );
+        }
+        Some(ArmFault::TooManyRequests { retry_after_secs }) => {
+            let mut response = arm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                &format!(
+                    "The request was throttled (fault injected). Please try again after \
+                     '{retry_after_secs}' seconds."
+                ),
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
+            );
+            return response;
+        }
+        Some(ArmFault::Delay(delay)) => tokio::time::sleep(delay).await,
+        Some(ArmFault::DropConnection) => {
+            // Handlers cannot fail in axum; unwinding out of the connection task (HTTP/1.1) or
+            // stream task (HTTP/2) drops it without a response. `resume_unwind` skips the panic
+            // hook, so nothing is printed, and no lock is held here.
+            std::panic::resume_unwind(Box::new("FakeArm: ArmFault::DropConnection"));
+        }
+        Some(ArmFault::MalformedJson) => malformed = true,
+        Some(ArmFault::NextLinkLoop) => next_link_loop = true,
+    }
+
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+
+    let response = match rejection(&arm, &target, authorization.as_deref(), &query) {
+        Some(response) => response,
+        None => match target.op {
+            ArmOp::Get => get_asset(&arm, &target),
+            ArmOp::List => list_assets(&arm, uri.path(), &query, next_link_loop),
+            ArmOp::ListContainerSas => list_container_sas(&arm, &target, &body),
+        },
+    };
+    if malformed && response.status() == StatusCode::OK {
+        return truncate_body(response).await;
+    }
+    response
+}
+
+/// ARM's checks before the resource provider sees the request: token, api-version, role
+/// assignment, then the scope (subscription, resource group, account). `Some` = rejected.
+fn rejection(
+    arm: &FakeArm,
+    target: &Target,
+    authorization: Option<&str>,
+    query: &[(String, String)],
+) -> Option<Response> {
+    if let Some(rejected) = token_rejection(authorization) {
+        return Some(rejected);
+    }
+
+    let versions: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "api-version")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if versions.is_empty() {
+        return Some(arm_error(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        ));
+    }
+    if versions.iter().any(|v| *v != API_VERSION) {
+        return Some(arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            &format!(
+                "The api-version '{}' is invalid. The supported versions are '{API_VERSION}'.",
+                versions.join(",")
+            ),
+        ));
+    }
+
+    let s = arm.state();
+    if s.forbidden {
+        let action = match target.op {
+            ArmOp::Get | ArmOp::List => "Microsoft.Media/mediaservices/assets/read",
+            ArmOp::ListContainerSas => {
+                "Microsoft.Media/mediaservices/assets/listContainerSas/action"
+            }
+        };
+        let oid = authorization
+            .and_then(bearer_token)
+            .and_then(|t| super::fake_entra::jwt_claims(t).ok())
+            .and_then(|c| c["oid"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Some(arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            &format!(
+                "The client '{oid}' with object id '{oid}' does not have authorization to \
+                 perform action '{action}' over scope '/subscriptions/{}/resourceGroups/{}/\
+                 providers/Microsoft.Media/mediaServices/{}' or the scope is invalid. If access \
+                 was recently granted, please refresh your credentials.",
+                s.subscription_id, s.resource_group, s.account
+            ),
+        ));
+    }
+    if !target
+        .subscription_id
+        .eq_ignore_ascii_case(&s.subscription_id)
+    {
+        return Some(arm_error(
+            StatusCode::NOT_FOUND,
+            "SubscriptionNotFound",
+            &format!(
+                "The subscription '{}' could not be found.",
+                target.subscription_id
+            ),
+        ));
+    }
+    if !target
+        .resource_group
+        .eq_ignore_ascii_case(&s.resource_group)
+    {
+        return Some(arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceGroupNotFound",
+            &format!(
+                "Resource group '{}' could not be found.",
+                target.resource_group
+            ),
+        ));
+    }
+    if !target.account.eq_ignore_ascii_case(&s.account) {
+        return Some(arm_error(
+            StatusCode::NOT_FOUND,
+            "ParentResourceNotFound",
+            &format!(
+                "Can not perform requested operation on nested resource. Parent resource '{}' \
+                 not found.",
+                target.account
+            ),
+        ));
+    }
+    None
+}
+
+/// `Authorization: Bearer <jwt>` signed by the fake Entra ID, for ARM, not expired; `Some` =
+/// rejected.
+fn token_rejection(authorization: Option<&str>) -> Option<Response> {
+    let Some(authorization) = authorization else {
+        return Some(unauthorized(
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        ));
+    };
+    let Some(token) = bearer_token(authorization) else {
+        return Some(unauthorized(
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is not a Bearer token.",
+        ));
+    };
+    let claims = match verify_jwt(token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            return Some(unauthorized(
+                "InvalidAuthenticationToken",
+                &format!("The access token is invalid: {e}."),
+            ));
+        }
+    };
+    let audience = claims["aud"].as_str().unwrap_or_default();
+    if audience.trim_end_matches('/') != ARM_AUDIENCE {
+        return Some(unauthorized(
+            "InvalidAuthenticationToken",
+            &format!(
+                "The access token has been obtained for wrong audience or resource \
+                 '{audience}'. It should exactly match with one of the allowed audiences \
+                 '{ARM_AUDIENCE}', '{ARM_AUDIENCE}/'."
+            ),
+        ));
+    }
+    if !claims["iss"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("https://sts.windows.net/"))
+    {
+        return Some(unauthorized(
+            "InvalidAuthenticationToken",
+            "The access token is from an unknown issuer.",
+        ));
+    }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (Some(nbf), Some(exp)) = (claims["nbf"].as_i64(), claims["exp"].as_i64()) else {
+        return Some(unauthorized(
+            "InvalidAuthenticationToken",
+            "The access token has no nbf/exp claims.",
+        ));
+    };
+    if exp <= now {
+        return Some(unauthorized(
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.",
+        ));
+    }
+    // ARM allows five minutes of clock skew.
+    if nbf > now + 300 {
+        return Some(unauthorized(
+            "InvalidAuthenticationToken",
+            "The access token is not yet valid.",
+        ));
+    }
+    None
+}
+
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn get_asset(arm: &FakeArm, target: &Target) -> Response {
+    let name = target.asset.as_deref().unwrap_or_default();
+    let s = arm.state();
+    match s.assets.iter().find(|a| a.name.eq_ignore_ascii_case(name)) {
+        Some(asset) => json_response(StatusCode::OK, &asset_json(&templates().get, asset, &s)),
+        None => asset_not_found(&s, name),
+    }
+}
+
+fn list_assets(
+    arm: &FakeArm,
+    path: &str,
+    query: &[(String, String)],
+    start_loop: bool,
+) -> Response {
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(orderby) = param("$orderby") {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("The fake ARM does not implement $orderby ('{orderby}')."),
+        );
+    }
+    let filter = match param("$filter").map(parse_filter).transpose() {
+        Ok(filter) => filter,
+        Err(message) => return arm_error(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    };
+    let top = match param("$top").map(str::parse::<usize>).transpose() {
+        Ok(top) => top,
+        Err(_) => {
+            return arm_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "$top must be a non-negative integer.",
+            );
+        }
+    };
+    let (offset, looping) = match param("$skiptoken").map(decode_skiptoken).transpose() {
+        Ok(token) => token.unwrap_or((0, false)),
+        Err(message) => return arm_error(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    };
+
+    let s = arm.state();
+    let matched: Vec<&FakeAsset> = s
+        .assets
+        .iter()
+        .filter(|a| filter.as_ref().is_none_or(|f| f.matches(a)))
+        .collect();
+    let end = top.unwrap_or(usize::MAX).min(matched.len());
+    let start = offset.min(end);
+    let page_end = (start + s.page_size).min(end);
+
+    let template = &templates().list;
+    let mut body = template.clone();
+    let items: Vec<Value> = matched[start..page_end]
+        .iter()
+        .map(|a| asset_json(&templates().list_item, a, &s))
+        .collect();
+    body["value"] = Value::Array(items);
+
+    let next = if looping || start_loop {
+        Some(encode_skiptoken(start, true))
+    } else if page_end < end {
+        Some(encode_skiptoken(page_end, false))
+    } else {
+        None
+    };
+    if let Some(skiptoken) = next {
+        let Some(base) = s.base_url.clone() else {
+            return arm_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "FakeArm needs set_base_url (or serve_https) to build @odata.nextLink.",
+            );
+        };
+        // The original query (api-version, $filter, $top) plus the new $skiptoken, with `$`
+        // left literal as ARM writes it.
+        let mut link = format!("{base}{path}?api-version={API_VERSION}");
+        for key in ["$filter", "$top"] {
+            if let Some(value) = param(key) {
+                link.push_str(&format!(
+                    "&{key}={}",
+                    utf8_percent_encode(value, QUERY_VALUE)
+                ));
+            }
+        }
+        link.push_str(&format!("&$skiptoken={skiptoken}"));
+        body["@odata.nextLink"] = Value::String(link);
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+fn list_container_sas(arm: &FakeArm, target: &Target, body: &[u8]) -> Response {
+    let name = target.asset.as_deref().unwrap_or_default();
+    let (asset, minter) = {
+        let s = arm.state();
+        match s.assets.iter().find(|a| a.name.eq_ignore_ascii_case(name)) {
+            Some(asset) => (asset.clone(), s.minter.clone()),
+            None => return asset_not_found(&s, name),
+        }
+    };
+    let Ok(input) = serde_json::from_slice::<Value>(body) else {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.",
+        );
+    };
+    let permissions = input["permissions"].as_str().unwrap_or_default();
+    if !["Read", "ReadWrite", "ReadWriteDelete"].contains(&permissions) {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!(
+                "Invalid permissions '{permissions}': expected Read, ReadWrite or ReadWriteDelete."
+            ),
+        );
+    }
+    let Some(expiry) = input["expiryTime"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+    else {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "expiryTime is required and must be an ISO 8601 date-time.",
+        );
+    };
+    let now = OffsetDateTime::now_utc();
+    if expiry <= now || expiry > now + MAX_SAS_LIFETIME {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The expiry time must be in the future and less than 24 hours from the current time.",
+        );
+    }
+
+    // Called without the lock held: the minter is test code and may call back into the fake.
+    let urls = match minter {
+        Some(mint) => mint(&asset, permissions, expiry),
+        None => example_like_sas_urls(&asset, permissions, expiry),
+    };
+    let mut body = templates().sas.clone();
+    body["assetContainerSasUrls"] = json!(urls);
+    json_response(StatusCode::OK, &body)
+}
+
+/// Two URLs (key 1, key 2) in the shape of `assets-list-sas-urls.json`.
+fn example_like_sas_urls(
+    asset: &FakeAsset,
+    permissions: &str,
+    expiry: OffsetDateTime,
+) -> Vec<String> {
+    let sp = match permissions {
+        "Read" => "lr",
+        "ReadWrite" => "lrw",
+        _ => "lrwd",
+    };
+    let account = asset.storage_account_name.as_deref().unwrap_or("storage0");
+    let se = utf8_percent_encode(
+        &expiry
+            .replace_nanosecond(0)
+            .expect("0 ns")
+            .format(&Rfc3339)
+            .expect("RFC 3339"),
+        QUERY_VALUE,
+    )
+    .to_string();
+    let container = asset.container_name();
+    (1..=2)
+        .map(|key| {
+            let query = format!("sr=c&sig=fake-signature-from-key-{key}&se={se}&sp={sp}");
+            format!("https://{account}.blob.core.windows.net/{container}?{query}")
+        })
+        .collect()
+}
+
+fn asset_not_found(s: &ArmState, name: &str) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        &format!(
+            "The Resource 'Microsoft.Media/mediaservices/{}/assets/{name}' under resource group \
+             '{}' was not found. For more details please go to \
+             https://aka.ms/ARMResourceNotFoundFix",
+            s.account, s.resource_group
+        ),
+    )
+}
+
+// ---- $filter / $skiptoken ----
+
+/// The `$filter` forms AMS documents for assets that the service uses.
+#[derive(Debug, PartialEq)]
+enum Filter {
+    Name(String),
+    AlternateId(String),
+    AssetId(Uuid),
+}
+
+impl Filter {
+    fn matches(&self, asset: &FakeAsset) -> bool {
+        match self {
+            Filter::Name(n) => asset.name.eq_ignore_ascii_case(n),
+            Filter::AlternateId(id) => asset.alternate_id.as_deref() == Some(id.as_str()),
+            Filter::AssetId(id) => asset.asset_id == *id,
+        }
+    }
+}
+
+/// `name eq 'x'`, `properties/alternateId eq 'x'` (OData string, `''` escapes `'`),
+/// `properties/assetId eq <guid>` (bare, `'quoted'` or `guid'...'`).
+fn parse_filter(filter: &str) -> Result<Filter, String> {
+    let unsupported = || {
+        format!(
+            "The $filter '{filter}' is not supported: the fake ARM knows `name eq '..'`, \
+             `properties/alternateId eq '..'` and `properties/assetId eq <guid>`."
+        )
+    };
+    let mut parts = filter.trim().splitn(3, char::is_whitespace);
+    let (Some(property), Some(op), Some(literal)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(unsupported());
+    };
+    if op != "eq" {
+        return Err(unsupported());
+    }
+    let literal = literal.trim();
+    let string_literal = || {
+        literal
+            .strip_prefix('\'')
+            .and_then(|l| l.strip_suffix('\''))
+            .filter(|inner| !inner.replace("''", "").contains('\''))
+            .map(|inner| inner.replace("''", "'"))
+            .ok_or_else(|| format!("Invalid OData string literal {literal} in $filter."))
+    };
+    match property {
+        "name" => Ok(Filter::Name(string_literal()?)),
+        "properties/alternateId" => Ok(Filter::AlternateId(string_literal()?)),
+        "properties/assetId" => {
+            let guid = literal.strip_prefix("guid").unwrap_or(literal);
+            let guid = guid
+                .strip_prefix('\'')
+                .and_then(|g| g.strip_suffix('\''))
+                .unwrap_or(guid);
+            Uuid::parse_str(guid)
+                .map(Filter::AssetId)
+                .map_err(|_| format!("Invalid GUID {literal} in $filter."))
+        }
+        _ => Err(unsupported()),
+    }
+}
+
+/// Opaque to clients (ARM's are), readable here: the offset, and whether the link loops.
+fn encode_skiptoken(offset: usize, looping: bool) -> String {
+    let kind = if looping { "loop" } else { "next" };
+    URL_SAFE_NO_PAD.encode(format!("{kind}:{offset}"))
+}
+
+fn decode_skiptoken(token: &str) -> Result<(usize, bool), String> {
+    let invalid = || format!("Invalid $skiptoken '{token}'.");
+    let text = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(invalid)?;
+    let (kind, offset) = text.split_once(':').ok_or_else(invalid)?;
+    let offset = offset.parse().map_err(|_| invalid())?;
+    match kind {
+        "next" => Ok((offset, false)),
+        "loop" => Ok((offset, true)),
+        _ => Err(invalid()),
+    }
+}
+
+// ---- JSON built from the examples ----
+
+/// Success bodies from `shared/reference/ams-examples`, loaded once per test binary.
+struct Templates {
+    get: Value,
+    list: Value,
+    list_item: Value,
+    sas: Value,
+    params: ExampleParams,
+}
+
+struct ExampleParams {
+    subscription_id: String,
+    resource_group: String,
+    account: String,
+}
+
+fn templates() -> &'static Templates {
+    static TEMPLATES: OnceLock<Templates> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let get_example = load_example("assets-get-by-name.json");
+        let list = example_body(
+            "assets-list-all.json",
+            &load_example("assets-list-all.json"),
+        );
+        let list_item = list["value"]
+            .get(0)
+            .cloned()
+            .expect("assets-list-all.json has at least one asset");
+        let param = |name: &str| {
+            get_example["parameters"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("assets-get-by-name.json parameters.{name}"))
+                .to_owned()
+        };
+        Templates {
+            params: ExampleParams {
+                subscription_id: param("subscriptionId"),
+                resource_group: param("resourceGroupName"),
+                account: param("accountName"),
+            },
+            get: example_body("assets-get-by-name.json", &get_example),
+            list,
+            list_item,
+            sas: example_body(
+                "assets-list-sas-urls.json",
+                &load_example("assets-list-sas-urls.json"),
+            ),
+        }
+    })
+}
+
+/// `../shared/reference/ams-examples` next to the repository (as in CI and in the workspace).
+pub fn ams_examples_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/ams-examples");
+    assert!(
+        dir.is_dir(),
+        "the fake ARM builds its responses from the AMS swagger examples, expected in {} \
+         (the `shared/` folder must be a sibling of the repository), but that folder is missing",
+        dir.display()
+    );
+    dir
+}
+
+/// One example file, parsed.
+pub fn load_example(file: &str) -> Value {
+    let path = ams_examples_dir().join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading AMS example {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("AMS example {} is not JSON: {e}", path.display()))
+}
+
+fn example_body(file: &str, example: &Value) -> Value {
+    let body = &example["responses"]["200"]["body"];
+    assert!(body.is_object(), "{file} has no responses.200.body object");
+    body.clone()
+}
+
+/// Properties the examples carry that the fake knows how to fill; anything else in a template
+/// is dropped rather than leaked from the example.
+const ASSET_PROPERTIES: &[&str] = &[
+    "assetId",
+    "created",
+    "lastModified",
+    "alternateId",
+    "description",
+    "container",
+    "storageAccountName",
+    "storageEncryptionFormat",
+];
+
+/// An example asset with this asset's fields substituted.
+fn asset_json(template: &Value, asset: &FakeAsset, s: &ArmState) -> Value {
+    let mut v = template.clone();
+    v["name"] = json!(asset.name);
+    v["id"] = json!(asset_resource_id(
+        template["id"].as_str().expect("example asset has an id"),
+        s,
+        &asset.name
+    ));
+    let props = v["properties"]
+        .as_object_mut()
+        .expect("example asset has properties");
+    props.retain(|k, _| ASSET_PROPERTIES.contains(&k.as_str()));
+    let time = |t: &OffsetDateTime| json!(t.format(&Rfc3339).expect("RFC 3339"));
+    props.insert("assetId".into(), json!(asset.asset_id));
+    props.insert("created".into(), time(&asset.created));
+    props.insert("lastModified".into(), time(&asset.last_modified));
+    props.insert("container".into(), json!(asset.container_name()));
+    props.insert(
+        "storageEncryptionFormat".into(),
+        json!(asset.storage_encryption_format),
+    );
+    set_or_remove(props, "alternateId", asset.alternate_id.as_deref());
+    set_or_remove(props, "description", asset.description.as_deref());
+    set_or_remove(
+        props,
+        "storageAccountName",
+        asset.storage_account_name.as_deref(),
+    );
+    v
+}
+
+fn set_or_remove(props: &mut Map<String, Value>, key: &str, value: Option<&str>) {
+    match value {
+        Some(value) => {
+            props.insert(key.into(), json!(value));
+        }
+        None => {
+            props.remove(key);
+        }
+    }
+}
+
+/// The example's resource id with our scope and name: its literal segments (notably the
+/// lower-case `mediaservices` ARM returns) are kept as they are.
+fn asset_resource_id(example_id: &str, s: &ArmState, name: &str) -> String {
+    let mut segments: Vec<String> = example_id.split('/').map(str::to_owned).collect();
+    for i in 1..segments.len() {
+        let replacement = match segments[i - 1].to_ascii_lowercase().as_str() {
+            "subscriptions" => &s.subscription_id,
+            "resourcegroups" => &s.resource_group,
+            "mediaservices" => &s.account,
+            "assets" => name,
+            _ => continue,
+        };
+        segments[i] = replacement.to_owned();
+    }
+    segments.join("/")
+}
+
+// ---- responses ----
+
+/// ARM's error envelope (`ErrorResponse` in common-types), with the request id header ARM sends.
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+fn unauthorized(code: &str, message: &str) -> Response {
+    let mut response = arm_error(StatusCode::UNAUTHORIZED, code, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(
+            "Bearer authorization_uri=\"https://login.windows.net/\", error=\"invalid_token\", \
+             error_description=\"The authentication failed.\"",
+        ),
+    );
+    response
+}
+
+/// The same response with its body cut in half: valid headers, broken JSON.
+async fn truncate_body(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("in-memory body");
+    let text = String::from_utf8_lossy(&bytes);
+    let mut cut = text.len() / 2;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut broken = json_text_response(parts.status, text[..cut].to_owned());
+    *broken.headers_mut() = parts.headers;
+    broken.headers_mut().remove(header::CONTENT_LENGTH);
+    broken
+}
+
+/// Percent-encode all but unreserved characters in a path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Query values: like a path segment, but `/`, `:` and `'` may stay (as in ARM's links).
+const QUERY_VALUE: &AsciiSet = &PATH_SEGMENT.remove(b'/').remove(b':').remove(b'\'');

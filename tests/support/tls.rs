@@ -34,6 +34,14 @@ pub struct TestPki {
 impl TestPki {
     /// Generates a fresh CA and a leaf for `127.0.0.1`/`localhost` signed by it.
     pub fn generate() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ams-thumbnails-pki-")
+            .tempdir()
+            .expect("temp dir for the test PKI");
+        Self::generate_in(dir)
+    }
+
+    fn generate_in(dir: tempfile::TempDir) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         let mut ca_name = DistinguishedName::new();
         ca_name.push(DnType::CommonName, "ams-thumbnails test CA");
@@ -65,10 +73,6 @@ impl TestPki {
             .signed_by(&leaf_key, &ca)
             .expect("leaf signed by the CA");
 
-        let dir = tempfile::Builder::new()
-            .prefix("ams-thumbnails-pki-")
-            .tempdir()
-            .expect("temp dir for the test PKI");
         let ca_pem = dir.path().join("ca.pem");
         let cert_pem = dir.path().join("cert.pem");
         let key_pem = dir.path().join("key.pem");
@@ -114,9 +118,40 @@ impl TestPki {
 }
 
 /// One test PKI per test binary.
+///
+/// Statics are never dropped, so its files live under cargo's per-target temp dir
+/// (`target/tmp/pki`, gone with `cargo clean`) rather than the system temp dir; directories
+/// left there by test processes that ended more than an hour ago are removed.
 pub fn shared() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
-    PKI.get_or_init(TestPki::generate)
+    PKI.get_or_init(|| {
+        let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pki");
+        std::fs::create_dir_all(&parent).expect("create target/tmp/pki");
+        sweep_stale(&parent, std::time::Duration::from_secs(3600));
+        let dir = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&parent)
+            .expect("temp dir for the shared test PKI");
+        TestPki::generate_in(dir)
+    })
+}
+
+/// Best effort: removes the entries of `parent` not modified for `age`.
+fn sweep_stale(parent: &std::path::Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if stale {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Serves an axum Router over HTTPS on 127.0.0.1:0 with the leaf cert; returns the bound address.

@@ -247,6 +247,9 @@ pub enum StorageAuth {
     AccountKey,
     /// No authentication: the containers allow public listing.
     Anonymous,
+    /// (AMS source, live account) A container SAS from AMS `listContainerSas`, for services
+    /// without a storage credential of their own.
+    AmsContainerSas,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,6 +289,9 @@ pub enum LinkMode {
     UserDelegationSas,
     /// Read-only, one-blob service SAS signed with `storage.account_key`.
     AccountKeySas,
+    /// Opt-in: the AMS container SAS itself, in every URL. It grants read and list of the whole
+    /// container (videos included) to whoever gets a URL.
+    AmsContainerSas,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -640,6 +646,22 @@ impl Settings {
         }
         if self.links.lifetime > Duration::from_secs(7 * 24 * 3600) {
             return Err(invalid("links.lifetime", "must be at most 7 days"));
+        }
+        let container_sas = storage.auth == StorageAuth::AmsContainerSas
+            || self.links.mode == LinkMode::AmsContainerSas;
+        if container_sas {
+            if !matches!(self.source, SourceSettings::Ams(_)) {
+                return Err(invalid(
+                    "storage.auth",
+                    "ams-container-sas needs source.kind = \"ams\"",
+                ));
+            }
+            if self.links.lifetime >= Duration::from_secs(24 * 3600) {
+                return Err(invalid(
+                    "links.lifetime",
+                    "must be under 24 hours with AMS container SAS (AMS refuses longer)",
+                ));
+            }
         }
         if let Some(cdn) = &self.links.cdn_base
             && (!matches!(cdn.scheme(), "http" | "https") || cdn.query().is_some())

@@ -406,3 +406,97 @@ async fn arm_throttling_forbidden_and_failures() {
     );
     assert_logs_hold_no_secrets(&w.entra);
 }
+
+/// AMS mints container SAS URLs for Azurite, signed with the emulator's key (the real AMS signs
+/// with the storage key it holds).
+fn mint_container_sas(w: &World) {
+    use ams_thumbnails::azure::sas::{AccountKeySigner, SasProtocol, SasResource};
+    let signer = AccountKeySigner::new(ACCOUNT, &ams_thumbnails::secret::Secret::new(KEY)).unwrap();
+    let endpoint = w.az.blob_endpoint.clone();
+    w.arm
+        .set_container_sas_minter(Box::new(move |asset, permissions, expiry| {
+            assert_eq!(permissions, "Read", "the service asks for read only");
+            let container = asset.container_name();
+            let sas = signer.sign(
+                SasResource::Container {
+                    container: &container,
+                },
+                "rl",
+                None,
+                expiry,
+                SasProtocol::Https,
+            );
+            vec![format!("{endpoint}/{container}?{sas}")]
+        }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ams_container_sas_lists_and_is_handed_out_only_when_opted_in() {
+    let w = world().await;
+    mint_container_sas(&w);
+    // Listing with AMS's container SAS (no storage credential of the service's own); URLs are
+    // still per-blob user delegation SAS.
+    let server = TestServer::start(ams_settings(
+        &w,
+        "auth = \"ams-container-sas\"",
+        "mode = \"user-delegation-sas\"",
+    ))
+    .await;
+    let body: Value = server
+        .get("/assets/ClimbingMountAdams/thumbnails")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_urls_serve_seeded_bytes(&w, &body).await;
+    assert!(
+        body["thumbnails"][0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("skoid=")
+    );
+    assert_eq!(w.arm.hits(ArmOp::ListContainerSas), 1);
+
+    // Opted in: the container SAS itself in every URL (read + list of the whole container).
+    let server = TestServer::start(ams_settings(
+        &w,
+        "auth = \"ams-container-sas\"",
+        "mode = \"ams-container-sas\"\nlifetime = \"2h\"",
+    ))
+    .await;
+    let body: Value = server
+        .get("/assets/ClimbingMountAdams/thumbnails")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let thumbs = body["thumbnails"].as_array().unwrap();
+    assert_eq!(thumbs.len(), 3);
+    for t in thumbs {
+        let url = t["url"].as_str().unwrap();
+        assert!(url.contains("sr=c"), "{url}");
+        assert_eq!(get_blob(&w.client, url).await.0, 200);
+        assert_eq!(get_blob(&w.client, &tamper_sig(url)).await.0, 403);
+    }
+    let expires = time::OffsetDateTime::parse(
+        body["expiresAt"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::minutes(110) && left <= time::Duration::hours(2),
+        "{left}"
+    );
+    assert_logs_hold_no_secrets(&w.entra);
+}
+
+#[test]
+fn container_sas_modes_need_the_ams_source_and_a_short_lifetime() {
+    let err = Settings::from_toml(
+        "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\nauth = \"ams-container-sas\"\n[links]\nmode = \"public\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("storage.auth"), "{err}");
+}

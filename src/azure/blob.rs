@@ -74,6 +74,8 @@ pub enum StorageAccess {
         protocol: SasProtocol,
     },
     Entra(Arc<dyn TokenCredential>),
+    /// The container SAS the catalog put in the location (AMS `listContainerSas`).
+    LocationSas,
 }
 
 pub struct AzureBlobStore {
@@ -112,6 +114,18 @@ impl AzureBlobStore {
             message: "the storage endpoint does not form a URL".into(),
         })?;
         let credential = match &self.access {
+            StorageAccess::LocationSas => {
+                let sas =
+                    location
+                        .container_sas
+                        .as_ref()
+                        .ok_or_else(|| SourceError::Misconfigured {
+                            backend: BACKEND,
+                            message: "no container SAS for this asset".into(),
+                        })?;
+                url = sas.url.clone();
+                None
+            }
             StorageAccess::Anonymous => None,
             StorageAccess::Entra(credential) => Some(credential.clone()),
             StorageAccess::AccountKey { signer, protocol } => {

@@ -259,6 +259,44 @@ impl Linker for UserDelegationLinker {
     }
 }
 
+/// Opt-in: URLs carrying the AMS container SAS (read and list of the whole container).
+pub struct AmsContainerSasLinker {
+    pub cdn_base: Option<String>,
+}
+
+#[async_trait]
+impl Linker for AmsContainerSasLinker {
+    async fn link(
+        &self,
+        location: &AssetLocation,
+        names: &[&str],
+    ) -> Result<Vec<Link>, SourceError> {
+        let sas = location
+            .container_sas
+            .as_ref()
+            .ok_or_else(|| SourceError::Misconfigured {
+                backend: "ams",
+                message: "no container SAS for this asset".into(),
+            })?;
+        let query = sas.url.query().unwrap_or_default();
+        let container_url = match &self.cdn_base {
+            Some(base) => format!("{base}/{}", encode_segment(&location.container)),
+            None => {
+                let mut u = sas.url.clone();
+                u.set_query(None);
+                u.as_str().trim_end_matches('/').to_owned()
+            }
+        };
+        Ok(names
+            .iter()
+            .map(|name| Link {
+                url: format!("{container_url}/{}?{query}", encode_blob_name(name)),
+                expires_at: Some(sas.expires_at),
+            })
+            .collect())
+    }
+}
+
 fn truncate_seconds(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).expect("0 is a valid nanosecond")
 }

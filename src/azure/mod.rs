@@ -174,6 +174,7 @@ impl AzureBackend {
             StorageAuth::Entra => {
                 StorageAccess::Entra(credential.clone().ok_or_else(|| missing("credential"))?)
             }
+            StorageAuth::AmsContainerSas => StorageAccess::LocationSas,
         };
         let store = Arc::new(AzureBlobStore::new(
             endpoint.clone(),
@@ -193,6 +194,13 @@ impl AzureBackend {
                 base,
                 signer: signer.ok_or_else(|| missing("storage.account_key"))?,
                 validity,
+            }),
+            LinkMode::AmsContainerSas => Arc::new(links::AmsContainerSasLinker {
+                cdn_base: settings
+                    .links
+                    .cdn_base
+                    .as_ref()
+                    .map(|u| u.as_str().trim_end_matches('/').to_owned()),
             }),
             LinkMode::UserDelegationSas => Arc::new(UserDelegationLinker::new(
                 base,

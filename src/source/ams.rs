@@ -18,7 +18,7 @@ use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 use url::Url;
 
-use super::{AssetLocation, Catalog, HealthCheck, SourceError};
+use super::{AssetLocation, Catalog, ContainerSas, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::{AmsSourceSettings, UpstreamSettings};
 
@@ -72,6 +72,8 @@ pub struct AmsCatalog {
     upstream: UpstreamSettings,
     /// A rejected configuration is logged once, not on every request.
     misconfiguration_logged: AtomicBool,
+    /// When set, every location carries a `listContainerSas` URL valid this long.
+    container_sas_lifetime: Option<Duration>,
 }
 
 impl AmsCatalog {
@@ -81,6 +83,7 @@ impl AmsCatalog {
         http: reqwest::Client,
         credential: Arc<dyn TokenCredential>,
         default_account: &str,
+        container_sas_lifetime: Option<Duration>,
     ) -> Result<Self, crate::config::ConfigError> {
         let base = settings.arm_endpoint.as_str().trim_end_matches('/');
         let assets_url = Url::parse(&format!(
@@ -102,6 +105,7 @@ impl AmsCatalog {
             default_account: default_account.to_owned(),
             upstream: upstream.clone(),
             misconfiguration_logged: AtomicBool::new(false),
+            container_sas_lifetime,
         })
     }
 
@@ -123,9 +127,19 @@ impl AmsCatalog {
         url
     }
 
-    /// One ARM GET with retries: 5xx and connection errors back off, 429 waits `Retry-After`
-    /// while that fits the budget. Returns the body of a 2xx, `None` for 404.
+    /// One ARM GET with retries (see [`Self::send`]).
     async fn get(&self, url: &Url) -> Result<Option<bytes::Bytes>, SourceError> {
+        self.send(reqwest::Method::GET, url, None).await
+    }
+
+    /// One ARM call with retries: 5xx and connection errors back off, 429 waits `Retry-After`
+    /// while that fits the budget. Returns the body of a 2xx, `None` for 404.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Option<bytes::Bytes>, SourceError> {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -134,13 +148,15 @@ impl AmsCatalog {
                 .get_token(&[self.scope.as_str()], None)
                 .await
                 .map_err(|_| self.misconfigured("the credential could not get a token for ARM"))?;
-            let result = self
+            let mut request = self
                 .http
-                .get(url.clone())
+                .request(method.clone(), url.clone())
                 .bearer_auth(token.token.secret())
-                .header("accept", "application/json")
-                .send()
-                .await;
+                .header("accept", "application/json");
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let result = request.send().await;
             let retry_in = match result {
                 Ok(response) => {
                     let status = response.status().as_u16();
@@ -267,6 +283,50 @@ impl AmsCatalog {
         Err(upstream("too many pages"))
     }
 
+    /// `listContainerSas` (Read, expiring within `container_sas_lifetime`): a container SAS
+    /// for listing (and, when opted in, for the URLs handed out).
+    async fn container_sas(&self, name: &str) -> Result<ContainerSas, SourceError> {
+        let lifetime = self
+            .container_sas_lifetime
+            .ok_or_else(|| upstream("container SAS not enabled"))?;
+        let mut url = self.assets_url.clone();
+        url.path_segments_mut()
+            .expect("ARM URLs have paths")
+            .push(name)
+            .push("listContainerSas");
+        url.query_pairs_mut()
+            .append_pair("api-version", &self.api_version);
+        let expires_at = (time::OffsetDateTime::now_utc() + lifetime)
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond");
+        let body = serde_json::json!({
+            "permissions": "Read",
+            "expiryTime": expires_at.format(&time::format_description::well_known::Rfc3339).expect("UTC formats"),
+        });
+        let answer = self
+            .send(reqwest::Method::POST, &url, Some(&body))
+            .await?
+            .ok_or(SourceError::NotFound)?;
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SasUrls {
+            #[serde(default)]
+            asset_container_sas_urls: Vec<String>,
+        }
+        let urls: SasUrls = serde_json::from_slice(&answer)
+            .map_err(|_| upstream("malformed listContainerSas answer"))?;
+        let url = urls
+            .asset_container_sas_urls
+            .into_iter()
+            .find_map(|u| {
+                Url::parse(&u)
+                    .ok()
+                    .filter(|u| u.query().is_some_and(|q| q.contains("sig=")))
+            })
+            .ok_or_else(|| upstream("listContainerSas returned no usable URL"))?;
+        Ok(ContainerSas { url, expires_at })
+    }
+
     fn location(&self, asset: ArmAsset) -> Result<AssetLocation, SourceError> {
         let p = asset.properties;
         if let Some(format) = p.storage_encryption_format.as_deref()
@@ -284,40 +344,46 @@ impl AmsCatalog {
             (_, Some(id)) => format!("asset-{id}"),
             _ => return Err(upstream("the asset has neither container nor assetId")),
         };
-        Ok(AssetLocation {
-            account: p
-                .storage_account_name
+        Ok(AssetLocation::new(
+            p.storage_account_name
                 .filter(|a| !a.is_empty())
                 .unwrap_or_else(|| self.default_account.clone()),
             container,
-            prefix: String::new(),
-        })
+        ))
     }
 }
 
 #[async_trait]
 impl Catalog for AmsCatalog {
     async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError> {
+        let asset = self.find_asset(id).await?;
+        let name = asset.name.clone();
+        let mut location = self.location(asset)?;
+        if self.container_sas_lifetime.is_some() {
+            location.container_sas = Some(self.container_sas(&name).await?);
+        }
+        Ok(location)
+    }
+}
+
+impl AmsCatalog {
+    /// Get by name; else `$filter` by assetId (GUIDs); else by alternateId.
+    async fn find_asset(&self, id: &AssetId) -> Result<ArmAsset, SourceError> {
         if let Some(body) = self.get(&self.asset_url(id.as_str())).await? {
-            let asset: ArmAsset = serde_json::from_slice(&body)
-                .map_err(|_| upstream("malformed Assets - Get answer"))?;
-            return self.location(asset);
+            return serde_json::from_slice(&body)
+                .map_err(|_| upstream("malformed Assets - Get answer"));
         }
         if let Ok(guid) = uuid::Uuid::try_parse(id.as_str())
             && let Some(asset) = self
                 .find(&format!("properties/assetId eq {}", guid.hyphenated()))
                 .await?
         {
-            return self.location(asset);
+            return Ok(asset);
         }
         // `'` cannot occur in an asset id, so the literal needs no escaping.
-        match self
-            .find(&format!("properties/alternateId eq '{}'", id.as_str()))
+        self.find(&format!("properties/alternateId eq '{}'", id.as_str()))
             .await?
-        {
-            Some(asset) => self.location(asset),
-            None => Err(SourceError::NotFound),
-        }
+            .ok_or(SourceError::NotFound)
     }
 }
 

@@ -45,11 +45,7 @@ impl LocalSource {
 impl Catalog for LocalSource {
     async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError> {
         let container = self.container_template.replace("{assetId}", id.as_str());
-        let location = AssetLocation {
-            account: BACKEND.into(),
-            container,
-            prefix: String::new(),
-        };
+        let location = AssetLocation::new(BACKEND, container);
         match tokio::fs::metadata(self.container_dir(&location)).await {
             Ok(m) if m.is_dir() => Ok(location),
             Ok(_) => Err(SourceError::NotFound),

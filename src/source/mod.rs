@@ -24,6 +24,35 @@ pub struct AssetLocation {
     pub container: String,
     /// Blob-name prefix of the asset inside the container ("" for the whole container).
     pub prefix: String,
+    /// A container SAS the catalog obtained for this asset (AMS `listContainerSas`).
+    pub container_sas: Option<ContainerSas>,
+}
+
+impl AssetLocation {
+    pub fn new(account: impl Into<String>, container: impl Into<String>) -> Self {
+        Self {
+            account: account.into(),
+            container: container.into(),
+            prefix: String::new(),
+            container_sas: None,
+        }
+    }
+}
+
+/// A container URL with a SAS query, and when it expires. Its `Debug` hides the query.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ContainerSas {
+    pub url: url::Url,
+    pub expires_at: time::OffsetDateTime,
+}
+
+impl fmt::Debug for ContainerSas {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContainerSas")
+            .field("container", &self.url.path())
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A backend failure, in domain terms. Only the HTTP layer turns these into status codes.
@@ -164,6 +193,9 @@ impl Backend {
                     azure.http.clone(),
                     credential,
                     &settings.storage.account,
+                    (settings.storage.auth == crate::config::StorageAuth::AmsContainerSas
+                        || settings.links.mode == crate::config::LinkMode::AmsContainerSas)
+                        .then_some(settings.links.lifetime),
                 )?);
                 let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
                 health.extend(azure.health);

@@ -36,6 +36,9 @@ pub struct CatalogRow {
         alias = "storage_account"
     )]
     pub storage_account: String,
+    /// Blob-name prefix of the asset inside the container (several assets in one container).
+    #[serde(default, alias = "Prefix")]
+    pub prefix: String,
 }
 
 /// How asset ids become containers.
@@ -132,11 +135,7 @@ impl Catalog for StorageCatalog {
                 if !is_valid_container(&container) {
                     return Err(SourceError::NotFound);
                 }
-                Ok(AssetLocation {
-                    account: account.clone(),
-                    container,
-                    prefix: String::new(),
-                })
+                Ok(AssetLocation::new(account.clone(), container))
             }
             StorageCatalog::File {
                 index,
@@ -148,15 +147,16 @@ impl Catalog for StorageCatalog {
                     .or_else(|| index.get(&id.as_str().to_ascii_lowercase()))
                     .map(|&i| &rows[i])
                     .ok_or(SourceError::NotFound)?;
-                Ok(AssetLocation {
-                    account: if row.storage_account.is_empty() {
+                let mut location = AssetLocation::new(
+                    if row.storage_account.is_empty() {
                         account.clone()
                     } else {
                         row.storage_account.clone()
                     },
-                    container: row.container.clone(),
-                    prefix: String::new(),
-                })
+                    row.container.clone(),
+                );
+                location.prefix = row.prefix.clone();
+                Ok(location)
             }
         }
     }

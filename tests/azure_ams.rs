@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ams_thumbnails::Settings;
@@ -21,62 +19,8 @@ use uuid::Uuid;
 
 const ASSET_ID: &str = "1b648c1a-2268-461d-a1da-742bde23db40";
 
-/// Every log line of this test binary (debug level, SDK included).
-fn captured_logs() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("debug")
-            .with_ansi(false)
-            .with_writer(move || SharedWriter(writer.clone()))
-            .try_init();
-        buffer
-    })
-}
-
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Asserts that no captured log line holds a SAS signature, the account key, the client
-/// secret or any token the fake Entra issued.
 fn assert_logs_hold_no_secrets(entra: &FakeEntra) {
-    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
-    assert!(
-        logs.contains("asset loaded") || logs.contains("request"),
-        "logs were captured"
-    );
-    // The SDK's logging policy prints `sig=REDACTED`; any other value is a leak.
-    let leaks: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.split("sig=").skip(1).any(|v| !v.starts_with("REDACTED")))
-        .take(3)
-        .collect();
-    assert!(leaks.is_empty(), "a SAS signature in the logs: {leaks:#?}");
-    assert!(
-        logs.contains("sig=REDACTED"),
-        "the capture saw signed requests (else this check proves nothing)"
-    );
-    assert!(!logs.contains(KEY), "the account key in the logs");
-    assert!(
-        !logs.contains(&entra.client_secret()),
-        "the client secret in the logs"
-    );
-    for token in entra.access_tokens() {
-        assert!(!logs.contains(&token), "a bearer token in the logs");
-        // Not even its signature part.
-        assert!(!logs.contains(token.rsplit('.').next().unwrap()));
-    }
+    support::logs::assert_no_secrets(Some(entra));
 }
 
 struct World {
@@ -87,7 +31,7 @@ struct World {
 }
 
 async fn world() -> World {
-    captured_logs();
+    support::logs::captured();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let arm = FakeArm::start_https(pki).await;
@@ -398,7 +342,7 @@ async fn arm_throttling_forbidden_and_failures() {
     )
     .await;
 
-    let logs = String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned();
+    let logs = support::logs::text();
     assert_eq!(
         logs.matches("AMS rejects the configuration").count(),
         1,

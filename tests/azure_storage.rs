@@ -83,6 +83,7 @@ async fn seed_asset(client: &reqwest::Client, az: &Azurite, container: &str, pub
 }
 
 fn storage_settings(az: &Azurite, extra: &str) -> Settings {
+    support::logs::captured();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [source]\nkind = \"storage\"\n{extra_source}\
@@ -431,4 +432,107 @@ async fn a_thousand_cold_requests_list_once() {
     assert_eq!(probe.lists.load(Ordering::SeqCst), 1, "one listing");
     assert_eq!(probe.reads.load(Ordering::SeqCst), 1, "one VTT read");
     assert_eq!(probe.links.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_storage_and_the_service_recovers_without_restart() {
+    let mut az = Azurite::start_http().await;
+    let client = reqwest::Client::new();
+    let container = format!("asset-{GUID}");
+    seed_asset(&client, &az, &container, None).await;
+    let server = TestServer::start(storage_settings(
+        &az,
+        "[upstream]\nmax_retries = 1\nretry_budget = \"1s\"\n",
+    ))
+    .await;
+    let ready: Value = server.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"][0]["name"], "storage");
+
+    az.stop().await;
+    let response = server.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let ready: Value = response.json().await.unwrap();
+    assert_eq!(ready["checks"][0]["status"], "down");
+    let body = assert_problem(
+        server.get(&format!("/assets/{GUID}/thumbnails")).await,
+        502,
+        "upstream-error",
+    )
+    .await;
+    assert!(
+        !body.to_string().contains("127.0.0.1"),
+        "no internals: {body}"
+    );
+
+    // Back (empty, in-memory): seeded again, the service answers without a restart.
+    az.restart().await;
+    seed_asset(&client, &az, &container, None).await;
+    let response = server.get(&format!("/assets/{GUID}/thumbnails")).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        assert_every_url_serves_its_blob(&client, &body, &container, &az).await,
+        5
+    );
+    assert_eq!(server.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_prefix_scopes_the_listing() {
+    let az = Azurite::start_http().await;
+    let client = reqwest::Client::new();
+    create_container(&client, &az, "shared-assets", None).await;
+    let jpeg = sample("builtin-preset/Thumbnail000001.jpg");
+    for name in [
+        "intro/Thumbnail000001.jpg",
+        "intro/Thumbnail000002.jpg",
+        "outro/Thumbnail000001.jpg",
+    ] {
+        put_blob(&client, &az, "shared-assets", name, &jpeg, "image/jpeg").await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    std::fs::write(
+        &catalog,
+        r#"[{"name":"intro","container":"shared-assets","prefix":"intro/"},{"name":"outro","container":"shared-assets","prefix":"outro/"}]"#,
+    )
+    .unwrap();
+    let mut settings = storage_settings(&az, "");
+    settings.source = ams_thumbnails::config::SourceSettings::Storage(
+        ams_thumbnails::config::StorageSourceSettings {
+            catalog: Some(catalog),
+            ..Default::default()
+        },
+    );
+    let server = TestServer::start(settings).await;
+    let intro: Value = server
+        .get("/assets/intro/thumbnails")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = intro["thumbnails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["intro/Thumbnail000001.jpg", "intro/Thumbnail000002.jpg"]
+    );
+    let outro: Value = server
+        .get("/assets/outro/thumbnails")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(outro["thumbnails"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get_blob(&client, outro["thumbnails"][0]["url"].as_str().unwrap())
+            .await
+            .0,
+        200
+    );
 }

@@ -154,9 +154,8 @@ impl UserDelegationLinker {
         options: ClientOptions,
         validity: Validity,
     ) -> Self {
-        // Long enough for many URL lifetimes, well under the 7-day maximum.
-        let key_lifetime = (validity.lifetime * 4)
-            .clamp(Duration::from_secs(3600), Duration::from_secs(24 * 3600));
+        // Four URL lifetimes (renewed after two), within Azure's 7-day maximum.
+        let key_lifetime = (validity.lifetime * 4).min(Duration::from_secs(7 * 24 * 3600 - 60));
         Self {
             base,
             endpoint,

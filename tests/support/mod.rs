@@ -5,6 +5,7 @@
 pub mod azurite;
 pub mod fake_arm;
 pub mod fake_entra;
+pub mod logs;
 pub mod seed;
 pub mod tls;
 

@@ -24,6 +24,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
+    /// What the HTTP API offers browsers and batch callers.
+    pub api: ApiSettings,
     pub log: LogSettings,
     pub cache: CacheSettings,
     pub recognition: RecognitionSettings,
@@ -62,6 +64,24 @@ impl Default for ServerSettings {
             public_base_url: None,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Origins allowed to call the API from a browser (`["*"]` for any); none by default.
+    pub cors_allowed_origins: Vec<String>,
+    /// Most asset ids in one `POST /assets:batchGet`.
+    pub batch_limit: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            cors_allowed_origins: Vec::new(),
+            batch_limit: 100,
         }
     }
 }
@@ -481,7 +501,7 @@ impl Settings {
 
     fn env() -> Env {
         Env::prefixed(ENV_PREFIX)
-            .filter(|key| key.as_str() != "config")
+            .filter(|key| !key.as_str().eq_ignore_ascii_case("config"))
             .split("__")
     }
 
@@ -515,6 +535,24 @@ impl Settings {
                 "server.request_timeout",
                 "must be greater than 0".into(),
             ));
+        }
+        for (i, origin) in self.api.cors_allowed_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || Url::parse(origin).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.path() == "/"
+                        && !origin.ends_with('/')
+                        && u.query().is_none()
+                });
+            if !ok {
+                return Err(invalid(
+                    &format!("api.cors_allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like \"https://app.example.com\" or \"*\""),
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.api.batch_limit) {
+            return Err(invalid("api.batch_limit", "must be from 1 to 10000".into()));
         }
         if self.cache.max_bytes == 0 {
             return Err(invalid("cache.max_bytes", "must be greater than 0".into()));

@@ -84,6 +84,16 @@ fn invalid_values_fail_start_up_naming_the_key() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // An existing file named by the environment is read.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[cache]\nttl = \"42s\"\n").unwrap();
+    let out = command()
+        .args(["check-config"])
+        .env("AMS_THUMBNAILS_CONFIG", &good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ttl = \"42s\""));
 }
 
 #[test]

@@ -14,6 +14,8 @@ use moka::Expiry;
 use moka::future::Cache;
 use time::OffsetDateTime;
 
+pub mod render;
+
 use crate::asset_id::AssetId;
 use crate::config::{CacheSettings, Settings};
 use crate::model::{AssetThumbnails, Link, Storyboard, Thumbnail, content_type_for};
@@ -31,6 +33,14 @@ pub struct Resolved {
     pub asset: AssetThumbnails,
     /// `asset` rendered as JSON once, at load time.
     pub body: Bytes,
+    /// `body`, gzip-compressed.
+    pub body_gzip: Bytes,
+    /// Strong ETag of `body` (quoted).
+    pub etag: String,
+    /// The storyboard as WebVTT with working sprite URLs, when there is one.
+    pub storyboard_vtt: Option<Bytes>,
+    /// The storyboard as JSON, when there is one.
+    pub storyboard_json: Option<Bytes>,
     valid_until: Instant,
     weight: u32,
 }
@@ -128,6 +138,15 @@ impl Resolver {
                 value.saturating_add(key.len() as u32)
             })
             .expire_after(EntryExpiry)
+            .eviction_listener(|_key, _value, cause| {
+                let cause = match cause {
+                    moka::notification::RemovalCause::Expired => "expired",
+                    moka::notification::RemovalCause::Explicit => "invalidated",
+                    moka::notification::RemovalCause::Replaced => "replaced",
+                    moka::notification::RemovalCause::Size => "size",
+                };
+                metrics::counter!("cache_evictions_total", "cause" => cause).increment(1);
+            })
             .build();
         Self {
             cache,
@@ -143,13 +162,26 @@ impl Resolver {
         let entry = match self.cache.get(id.as_str()).await {
             Some(entry) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cache_hits_total").increment(1);
                 entry
             }
-            None => self
-                .cache
-                .try_get_with(id.key(), self.load(id))
-                .await
-                .map_err(ResolveError::Source)?,
+            None => {
+                // Whether this caller's load ran, or it waited on another caller's.
+                let loaded_here = std::sync::atomic::AtomicBool::new(false);
+                let result = self
+                    .cache
+                    .try_get_with(id.key(), async {
+                        loaded_here.store(true, Ordering::Relaxed);
+                        self.load(id).await
+                    })
+                    .await;
+                if loaded_here.load(Ordering::Relaxed) {
+                    metrics::counter!("cache_misses_total").increment(1);
+                } else {
+                    metrics::counter!("cache_coalesced_total").increment(1);
+                }
+                result.map_err(ResolveError::Source)?
+            }
         };
         match entry {
             Entry::Found(resolved) => Ok(resolved),
@@ -263,18 +295,20 @@ impl Resolver {
             storyboard,
             expires_at,
         };
-        let body = Bytes::from(
-            serde_json::to_vec(&asset).map_err(|e| SourceError::Upstream {
-                backend: "render",
-                message: e.to_string(),
-            })?,
-        );
+        let rendered = render::render(&asset).map_err(|e| SourceError::Upstream {
+            backend: "render",
+            message: e.to_string(),
+        })?;
         self.stats.renders.fetch_add(1, Ordering::Relaxed);
-        let weight = weigh(&asset, &body);
+        let weight = weigh(&asset, &rendered);
         Ok(Resolved {
             valid_until: Instant::now() + self.lifetime(expires_at),
             asset,
-            body,
+            body: rendered.json,
+            body_gzip: rendered.json_gzip,
+            etag: rendered.etag,
+            storyboard_vtt: rendered.storyboard_vtt,
+            storyboard_json: rendered.storyboard_json,
             weight,
         })
     }
@@ -337,9 +371,13 @@ fn content_type(blob: &crate::model::BlobEntry) -> String {
         .unwrap_or_else(|| content_type_for(&blob.name))
 }
 
-/// Approximate bytes held by an entry: the JSON body plus the structured copy (which holds the
-/// same strings, so about the body again) and fixed overheads.
-fn weigh(asset: &AssetThumbnails, body: &Bytes) -> u32 {
+/// Approximate bytes held by an entry: the rendered bodies, the structured copy (which holds
+/// the same strings as the JSON, so about the JSON again) and fixed overheads.
+fn weigh(asset: &AssetThumbnails, rendered: &render::Rendered) -> u32 {
     let fixed = 256 + asset.thumbnails.len() * std::mem::size_of::<Thumbnail>();
-    u32::try_from(body.len() * 2 + fixed).unwrap_or(u32::MAX)
+    let bodies = rendered.json.len() * 2
+        + rendered.json_gzip.len()
+        + rendered.storyboard_vtt.as_ref().map_or(0, |b| b.len())
+        + rendered.storyboard_json.as_ref().map_or(0, |b| b.len());
+    u32::try_from(bodies + fixed).unwrap_or(u32::MAX)
 }

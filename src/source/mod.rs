@@ -2,6 +2,7 @@
 //! reaches a blob ([`Linker`]). They know nothing of caching or HTTP.
 
 pub mod ams;
+pub mod instrumented;
 pub mod local;
 pub mod storage;
 
@@ -147,6 +148,15 @@ impl Backend {
         settings: &Settings,
         public_base_url: &url::Url,
     ) -> Result<Self, ConfigError> {
+        let backend = Self::build(settings, public_base_url)?;
+        Ok(match &settings.source {
+            SourceSettings::Local(_) => backend.instrumented("local", "local"),
+            SourceSettings::Storage(_) => backend.instrumented("storage", "storage"),
+            SourceSettings::Ams(_) => backend.instrumented("ams", "storage"),
+        })
+    }
+
+    fn build(settings: &Settings, public_base_url: &url::Url) -> Result<Self, ConfigError> {
         match &settings.source {
             SourceSettings::Local(local) => {
                 let source = Arc::new(local::LocalSource::new(local, public_base_url));

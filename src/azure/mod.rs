@@ -16,7 +16,11 @@ use crate::source::SourceError;
 /// The reqwest client every Azure call goes through: connect and per-try timeouts, and the
 /// extra CA when one is configured.
 pub fn http_client(settings: &UpstreamSettings) -> Result<reqwest::Client, ConfigError> {
+    // No transparent decompression: the SDK's ranged downloads need the bytes as stored (the
+    // gzip feature is on through the SDK's own reqwest features).
     let mut builder = reqwest::Client::builder()
+        .no_gzip()
+        .no_deflate()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60));

@@ -7,7 +7,7 @@
 //! - `POST .../mediaServices/{account}/assets/{name}/listContainerSas?api-version=2023-01-01`
 //!
 //! AMS was retired in June 2024, so the contract is the last published swagger: every success
-//! body is built from the official examples in `shared/reference/ams-examples/` (loaded at run
+//! body is built from the official examples in `tests/fixtures/ams-examples/` (copies of shared/reference/ams-examples; loaded at run
 //! time, asset fields substituted), so the fake cannot drift from them silently:
 //! - Get: `assets-get-by-name.json` `responses.200.body`;
 //! - List: `assets-list-all.json` `responses.200.body` (its `value[0]` as the item shape) plus
@@ -1025,7 +1025,7 @@ fn decode_skiptoken(token: &str) -> Result<(usize, bool), String> {
 
 // ---- JSON built from the examples ----
 
-/// Success bodies from `shared/reference/ams-examples`, loaded once per test binary.
+/// Success bodies from `tests/fixtures/ams-examples`, loaded once per test binary.
 struct Templates {
     get: Value,
     list: Value,
@@ -1075,13 +1075,13 @@ fn templates() -> &'static Templates {
     })
 }
 
-/// `../shared/reference/ams-examples` next to the repository (as in CI and in the workspace).
+/// `tests/fixtures/ams-examples`: verbatim copies of the official AMS swagger examples (see its
+/// README for their sources), kept in the repository so that the tests need nothing beside it.
 pub fn ams_examples_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/ams-examples");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ams-examples");
     assert!(
         dir.is_dir(),
-        "the fake ARM builds its responses from the AMS swagger examples, expected in {} \
-         (the `shared/` folder must be a sibling of the repository), but that folder is missing",
+        "the fake ARM builds its responses from the AMS swagger examples, expected in {}",
         dir.display()
     );
     dir

@@ -55,6 +55,13 @@ pub struct ServerSettings {
     /// How long in-flight requests may run on after SIGTERM/SIGINT before the process exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Requests handled at once; more wait in a queue (health and metrics routes are exempt).
+    pub max_concurrent_requests: usize,
+    /// Requests allowed to wait; past this, `503 overloaded` at once instead of a slow timeout.
+    pub max_queued_requests: usize,
+    /// Longest wait in the queue before `503 overloaded`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +71,9 @@ impl Default for ServerSettings {
             public_base_url: None,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_queued_requests: 2048,
+            queue_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -114,9 +124,14 @@ impl Default for LogSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
-    /// Longest time a resolved asset is served from memory.
+    /// How long a resolved asset is fresh. Past it, it is served stale while one background
+    /// refresh runs.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// How long past `ttl` an entry may still be served when refreshing fails (the upstream is
+    /// down). Never with URLs below `min_validity`.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
     /// How long "asset not found" is remembered.
     #[serde(with = "humantime_serde")]
     pub not_found_ttl: Duration,
@@ -132,6 +147,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(300),
+            max_stale: Duration::from_secs(3600),
             not_found_ttl: Duration::from_secs(30),
             min_validity: Duration::from_secs(300),
             max_bytes: 256 * 1024 * 1024,
@@ -384,6 +400,8 @@ pub struct UpstreamSettings {
     pub retry_budget: Duration,
     /// Extra PEM CA certificate to trust (a private CA, an emulator's test CA).
     pub ca_file: Option<PathBuf>,
+    /// Calls in flight to each upstream at once (more wait): no retry storm can swamp it.
+    pub max_concurrency: usize,
 }
 
 impl Default for UpstreamSettings {
@@ -394,6 +412,7 @@ impl Default for UpstreamSettings {
             max_retries: 3,
             retry_budget: Duration::from_secs(15),
             ca_file: None,
+            max_concurrency: 64,
         }
     }
 }
@@ -547,12 +566,26 @@ impl Settings {
             if !ok {
                 return Err(invalid(
                     &format!("api.cors_allowed_origins[{i}]"),
-                    format!("{origin:?} is not an origin like \"https://app.example.com\" or \"*\""),
+                    format!(
+                        "{origin:?} is not an origin like \"https://app.example.com\" or \"*\""
+                    ),
                 ));
             }
         }
         if !(1..=10_000).contains(&self.api.batch_limit) {
             return Err(invalid("api.batch_limit", "must be from 1 to 10000".into()));
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "server.max_concurrent_requests",
+                "must be greater than 0".into(),
+            ));
+        }
+        if self.upstream.max_concurrency == 0 {
+            return Err(invalid(
+                "upstream.max_concurrency",
+                "must be greater than 0".into(),
+            ));
         }
         if self.cache.max_bytes == 0 {
             return Err(invalid("cache.max_bytes", "must be greater than 0".into()));

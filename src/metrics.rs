@@ -1,8 +1,10 @@
 //! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
 //!
 //! Names: `http_requests_total` / `http_request_duration_seconds` (route, method, status);
+//! `http_requests_shed_total`;
 //! `cache_hits_total`, `cache_misses_total`, `cache_coalesced_total`, `cache_stale_served_total`,
-//! `cache_evictions_total` (cause), `cache_entries`, `cache_bytes`;
+//! `cache_refresh_failures_total`, `cache_evictions_total` (cause), `cache_entries`,
+//! `cache_bytes`;
 //! `upstream_requests_total` / `upstream_request_duration_seconds` (backend, operation,
 //! outcome).
 
@@ -20,10 +22,7 @@ pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Suffix("duration_seconds".into()),
-                DURATION_BUCKETS,
-            )
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
             .expect("buckets are not empty")
             .build_recorder();
         let handle = recorder.handle();

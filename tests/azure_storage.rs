@@ -454,12 +454,14 @@ async fn readiness_follows_storage_and_the_service_recovers_without_restart() {
     assert_eq!(response.status(), 503);
     let ready: Value = response.json().await.unwrap();
     assert_eq!(ready["checks"][0]["status"], "down");
-    let body = assert_problem(
-        server.get(&format!("/assets/{GUID}/thumbnails")).await,
-        502,
-        "upstream-error",
-    )
-    .await;
+    let response = server.get(&format!("/assets/{GUID}/thumbnails")).await;
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body = assert_problem(response, 503, "upstream-unavailable").await;
+    assert_eq!(
+        retry_after.as_ref().map(|v| v.to_str().unwrap()),
+        Some("5"),
+        "{body}"
+    );
     assert!(
         !body.to_string().contains("127.0.0.1"),
         "no internals: {body}"

@@ -92,7 +92,11 @@ fn invalid_values_fail_start_up_naming_the_key() {
         .env("AMS_THUMBNAILS_CONFIG", &good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ttl = \"42s\""));
 }
 

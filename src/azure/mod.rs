@@ -81,44 +81,59 @@ pub fn source_error(backend: &'static str, e: &azure_core::Error) -> SourceError
             backend,
             message: format!("HTTP {code}"),
         },
-        None => match e.kind() {
-            ErrorKind::Io => SourceError::Upstream {
-                backend,
-                message: "connection failed".into(),
+        None => match transport_failure(e) {
+            Some(TransportFailure::Timeout) => SourceError::Timeout { backend },
+            Some(TransportFailure::Connect) => SourceError::Unavailable { backend },
+            None => match e.kind() {
+                ErrorKind::Io => SourceError::Unavailable { backend },
+                ErrorKind::Credential => SourceError::Misconfigured {
+                    backend,
+                    message: "the credential could not get a token".into(),
+                },
+                ErrorKind::DataConversion => SourceError::Upstream {
+                    backend,
+                    message: "malformed answer".into(),
+                },
+                _ => SourceError::Upstream {
+                    backend,
+                    message: "request failed".into(),
+                },
             },
-            ErrorKind::Credential => SourceError::Misconfigured {
-                backend,
-                message: "the credential could not get a token".into(),
-            },
-            ErrorKind::DataConversion => SourceError::Upstream {
-                backend,
-                message: "malformed answer".into(),
-            },
-            _ => {
-                if is_timeout(e) {
-                    SourceError::Timeout { backend }
-                } else {
-                    SourceError::Upstream {
-                        backend,
-                        message: "request failed".into(),
-                    }
-                }
-            }
         },
     }
 }
 
-fn is_timeout(e: &azure_core::Error) -> bool {
+enum TransportFailure {
+    Timeout,
+    Connect,
+}
+
+/// A timeout or connection failure anywhere in the error's chain (the SDK wraps reqwest's).
+fn transport_failure(e: &azure_core::Error) -> Option<TransportFailure> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(r) = err.downcast_ref::<reqwest::Error>()
-            && r.is_timeout()
+        if let Some(r) = err.downcast_ref::<reqwest::Error>() {
+            if r.is_timeout() {
+                return Some(TransportFailure::Timeout);
+            }
+            if r.is_connect() {
+                return Some(TransportFailure::Connect);
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+            )
         {
-            return true;
+            return Some(TransportFailure::Connect);
         }
         source = err.source();
     }
-    false
+    None
 }
 
 /// The Azure parts of a backend, built once from the settings: one HTTP client, one

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
 
@@ -11,19 +11,132 @@ use super::AppState;
 use super::params::{AssetPath, QueryParams, parse_index};
 use super::problem::{Kind, Problem};
 use crate::model::Thumbnail;
-use crate::resolver::Resolved;
+use crate::resolver::{Resolution, Resolved};
 
-/// `GET /assets/{assetId}/thumbnails`: the cached JSON, as rendered at load time.
-pub async fn list(State(state): State<AppState>, path: AssetPath) -> Result<Response, Problem> {
+/// `GET /assets/{assetId}/thumbnails`: the cached JSON, as rendered (and compressed) at load
+/// time, with a strong ETag.
+pub async fn list(
+    State(state): State<AppState>,
+    path: AssetPath,
+    request: HeaderMap,
+) -> Result<Response, Problem> {
     let resolved = state.resolver.resolve(&path.id).await?;
-    let mut response = resolved.body.clone().into_response();
+    let gzip = accepts_gzip(&request);
+    // Each encoding is its own representation, with its own strong tag.
+    let tag = if gzip {
+        format!("{}-gzip\"", resolved.etag.trim_end_matches('"'))
+    } else {
+        resolved.etag.clone()
+    };
+    let etag = HeaderValue::from_str(&tag).expect("hex ETag");
+    let not_modified = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| etag_matches(v, &tag));
+    let mut response = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if gzip {
+        let mut r = resolved.body_gzip.clone().into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        resolved.body.clone().into_response()
+    };
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, cache_control(&resolved));
+    if !not_modified {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    headers.insert(header::ETAG, etag);
+    set_freshness(headers, &resolved);
+    headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     Ok(response)
+}
+
+/// `GET /assets/{assetId}/storyboard.vtt`: the sprite's WebVTT, cues pointing at working URLs.
+pub async fn storyboard_vtt(
+    State(state): State<AppState>,
+    path: AssetPath,
+) -> Result<Response, Problem> {
+    let resolved = state.resolver.resolve(&path.id).await?;
+    let body = resolved.storyboard_vtt.clone().ok_or_else(no_storyboard)?;
+    Ok(storyboard_response(
+        body,
+        "text/vtt; charset=utf-8",
+        &resolved,
+    ))
+}
+
+/// `GET /assets/{assetId}/storyboard.json`: sprite URL and tiles, for scrubbing previews.
+pub async fn storyboard_json(
+    State(state): State<AppState>,
+    path: AssetPath,
+) -> Result<Response, Problem> {
+    let resolved = state.resolver.resolve(&path.id).await?;
+    let body = resolved.storyboard_json.clone().ok_or_else(no_storyboard)?;
+    Ok(storyboard_response(body, "application/json", &resolved))
+}
+
+/// `DELETE /assets/{assetId}/cache`: forget the asset; the next request loads it afresh.
+pub async fn invalidate(State(state): State<AppState>, path: AssetPath) -> StatusCode {
+    state.resolver.invalidate(&path.id).await;
+    StatusCode::NO_CONTENT
+}
+
+fn no_storyboard() -> Problem {
+    Problem::new(
+        Kind::NoStoryboard,
+        "the asset has no sprite sheet with a WebVTT map (was spriteColumn set in its preset?)",
+    )
+}
+
+fn storyboard_response(
+    body: bytes::Bytes,
+    content_type: &'static str,
+    resolved: &Resolution,
+) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    set_freshness(headers, resolved);
+    response
+}
+
+/// `If-None-Match`: `*` or a list of entity tags (weak ones compare weakly, RFC 9110 13.1.2).
+fn etag_matches(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(|t| t.trim())
+        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+}
+
+/// Whether `Accept-Encoding` admits gzip: an explicit `gzip` entry decides by its weight;
+/// otherwise `*` does (RFC 9110 12.5.3).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut gzip = None;
+    let mut any = None;
+    for coding in headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let weight = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| q.trim().parse::<f32>().unwrap_or(0.0));
+        if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(weight);
+        } else if name == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 /// `GET /assets/{assetId}/thumbnails/{index}`: 302 to one rendition of that thumbnail.
@@ -114,7 +227,7 @@ fn choose_rendition<'a>(
 }
 
 /// 302 to the thumbnail's URL.
-fn redirect(thumbnail: &Thumbnail, resolved: &Resolved) -> Response {
+fn redirect(thumbnail: &Thumbnail, resolved: &Resolution) -> Response {
     let Ok(location) = HeaderValue::from_str(&thumbnail.url) else {
         return Problem::new(Kind::Internal, "the thumbnail URL is not a valid header")
             .into_response();
@@ -122,15 +235,28 @@ fn redirect(thumbnail: &Thumbnail, resolved: &Resolved) -> Response {
     let mut response = StatusCode::FOUND.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, location);
-    headers.insert(header::CACHE_CONTROL, cache_control(resolved));
+    set_freshness(headers, resolved);
     response
+}
+
+/// `Cache-Control`, and `x-cache-status: stale` when the answer is served past its freshness
+/// while a refresh runs.
+fn set_freshness(headers: &mut HeaderMap, resolution: &Resolution) {
+    headers.insert(header::CACHE_CONTROL, cache_control(resolution));
+    if resolution.stale {
+        headers.insert(
+            HeaderName::from_static("x-cache-status"),
+            HeaderValue::from_static("stale"),
+        );
+    }
 }
 
 /// Cacheable while the service itself would serve the entry, and never longer than its URLs
 /// stay valid; `private` when the URLs are signed (they grant access).
 fn cache_control(resolved: &Resolved) -> HeaderValue {
+    // Only the fresh part: a stale answer is not for clients to keep.
     let mut max_age = resolved
-        .valid_until()
+        .fresh_until()
         .saturating_duration_since(Instant::now())
         .as_secs();
     if let Some(expires) = resolved.asset.expires_at {
@@ -161,6 +287,28 @@ mod tests {
             height: None,
             time: None,
         }
+    }
+
+    #[test]
+    fn conditional_and_encoding_headers() {
+        assert!(etag_matches("\"abc\"", "\"abc\""));
+        assert!(etag_matches("\"x\", W/\"abc\"", "\"abc\""));
+        assert!(etag_matches("*", "\"abc\""));
+        assert!(!etag_matches("\"abd\"", "\"abc\""));
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(accepts_gzip(&h("gzip, deflate, br")));
+        assert!(accepts_gzip(&h("br;q=1.0, gzip;q=0.8")));
+        assert!(!accepts_gzip(&h("gzip;q=0")));
+        assert!(!accepts_gzip(&h("gzip;Q=0")));
+        assert!(!accepts_gzip(&h("gzip;q=0, *")));
+        assert!(accepts_gzip(&h("*")));
+        assert!(!accepts_gzip(&h("*;q=0")));
+        assert!(!accepts_gzip(&h("br, identity")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
     }
 
     #[test]

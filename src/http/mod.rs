@@ -2,6 +2,8 @@
 //! parse, call the resolver and shape the answer.
 
 mod assets;
+mod batch;
+mod demo;
 mod health;
 pub mod params;
 pub mod problem;
@@ -13,11 +15,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, delete, get, post};
 use tower::ServiceBuilder;
 use tower::service_fn;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -37,6 +40,9 @@ use problem::{Kind, Problem};
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Largest `POST /assets:batchGet` body (100 ids of 260 characters fit many times over).
+const BATCH_BODY_LIMIT: usize = 256 * 1024;
 
 /// State shared by all handlers (cheap to clone).
 #[derive(Clone)]
@@ -76,9 +82,33 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             get(assets::thumbnail),
         ),
         (Method::GET, "/assets/{assetId}/poster", get(assets::poster)),
+        (
+            Method::GET,
+            "/assets/{assetId}/storyboard.vtt",
+            get(assets::storyboard_vtt),
+        ),
+        (
+            Method::GET,
+            "/assets/{assetId}/storyboard.json",
+            get(assets::storyboard_json),
+        ),
+        (
+            Method::DELETE,
+            "/assets/{assetId}/cache",
+            delete(assets::invalidate),
+        ),
+        (
+            Method::POST,
+            "/assets:batchGet",
+            post(batch::batch_get).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+        ),
         (Method::GET, "/healthz", get(health::healthz)),
         (Method::GET, "/readyz", get(health::readyz)),
+        (Method::GET, "/metrics", get(metrics_text)),
         (Method::GET, "/openapi.yaml", get(openapi)),
+        (Method::GET, "/", get(demo::index)),
+        (Method::GET, "/demo/app.js", get(demo::script)),
+        (Method::GET, "/demo/app.css", get(demo::style)),
     ]
 }
 
@@ -118,12 +148,19 @@ pub fn app(state: AppState) -> Router {
         );
     }
     let timeout = state.settings.server.request_timeout;
+    let cors = cors_layer(&state.settings.api.cors_allowed_origins);
+    let admission = Arc::new(Admission::new(&state.settings.server));
+    crate::metrics::handle();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(admission, admit))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(tower::util::option_layer(cors))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(drop_unusable_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
                 .layer(
                     TraceLayer::new_for_http()
@@ -164,6 +201,90 @@ async fn guard_local_path(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// CORS for the configured origins (none: no CORS headers, browsers refuse cross-origin use).
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let layer = CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::AUTHORIZATION,
+            REQUEST_ID.clone(),
+        ])
+        .expose_headers([
+            header::ETAG,
+            header::CACHE_CONTROL,
+            header::RETRY_AFTER,
+            header::LOCATION,
+            REQUEST_ID.clone(),
+        ])
+        .max_age(Duration::from_secs(600));
+    Some(layer)
+}
+
+/// Request count and latency by route template (never the raw path: unbounded labels).
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A caller's `x-request-id` is kept only when usable in logs: 1 to 128 visible ASCII
+/// characters. Anything else is replaced by a fresh id.
+async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
+    let usable = request.headers().get(&REQUEST_ID).is_none_or(|v| {
+        let b = v.as_bytes();
+        (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    metrics::gauge!("cache_entries").set(state.resolver.entry_count().await as f64);
+    metrics::gauge!("cache_bytes").set(state.resolver.weighted_size().await as f64);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}
+
 async fn openapi() -> Response {
     (
         [(
@@ -194,6 +315,60 @@ async fn method_not_allowed() -> Problem {
         Kind::MethodNotAllowed,
         "this route does not accept that method; see /openapi.yaml",
     )
+}
+
+/// Load shedding: `max_concurrent_requests` at once, `max_queued_requests` waiting (each at
+/// most `queue_timeout`); beyond, `503 overloaded` at once rather than every request timing
+/// out. Probes and metrics are never shed.
+struct Admission {
+    permits: tokio::sync::Semaphore,
+    queued: std::sync::atomic::AtomicUsize,
+    max_queued: usize,
+    queue_timeout: Duration,
+}
+
+impl Admission {
+    fn new(settings: &crate::config::ServerSettings) -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(settings.max_concurrent_requests),
+            queued: Default::default(),
+            max_queued: settings.max_queued_requests,
+            queue_timeout: settings.queue_timeout,
+        }
+    }
+}
+
+async fn admit(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
+    use std::sync::atomic::Ordering;
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let overloaded = || {
+        metrics::counter!("http_requests_shed_total").increment(1);
+        let mut problem = Problem::new(
+            Kind::Overloaded,
+            "the service is at capacity; retry shortly",
+        );
+        problem.retry_after = Some(Duration::from_secs(1));
+        problem.into_response()
+    };
+    let _permit = match admission.permits.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            if admission.queued.fetch_add(1, Ordering::SeqCst) >= admission.max_queued {
+                admission.queued.fetch_sub(1, Ordering::SeqCst);
+                return overloaded();
+            }
+            let waited =
+                tokio::time::timeout(admission.queue_timeout, admission.permits.acquire()).await;
+            admission.queued.fetch_sub(1, Ordering::SeqCst);
+            match waited {
+                Ok(Ok(permit)) => permit,
+                _ => return overloaded(),
+            }
+        }
+    };
+    next.run(request).await
 }
 
 async fn request_timeout(

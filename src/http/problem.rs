@@ -23,6 +23,10 @@ pub enum Kind {
     AssetUnservable,
     ThumbnailNotFound,
     NoThumbnails,
+    NoStoryboard,
+    InvalidBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
     FileNotFound,
     RouteNotFound,
     MethodNotAllowed,
@@ -30,6 +34,7 @@ pub enum Kind {
     UpstreamUnavailable,
     UpstreamTimeout,
     RequestTimeout,
+    Overloaded,
     Internal,
 }
 
@@ -42,6 +47,10 @@ impl Kind {
             Kind::AssetUnservable => "asset-unservable",
             Kind::ThumbnailNotFound => "thumbnail-not-found",
             Kind::NoThumbnails => "no-thumbnails",
+            Kind::NoStoryboard => "no-storyboard",
+            Kind::InvalidBody => "invalid-body",
+            Kind::PayloadTooLarge => "payload-too-large",
+            Kind::UnsupportedMediaType => "unsupported-media-type",
             Kind::FileNotFound => "file-not-found",
             Kind::RouteNotFound => "route-not-found",
             Kind::MethodNotAllowed => "method-not-allowed",
@@ -49,22 +58,28 @@ impl Kind {
             Kind::UpstreamUnavailable => "upstream-unavailable",
             Kind::UpstreamTimeout => "upstream-timeout",
             Kind::RequestTimeout => "request-timeout",
+            Kind::Overloaded => "overloaded",
             Kind::Internal => "internal-error",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
-            Kind::InvalidAssetId | Kind::InvalidParameter => StatusCode::BAD_REQUEST,
+            Kind::InvalidAssetId | Kind::InvalidParameter | Kind::InvalidBody => {
+                StatusCode::BAD_REQUEST
+            }
             Kind::AssetNotFound
             | Kind::ThumbnailNotFound
             | Kind::NoThumbnails
+            | Kind::NoStoryboard
             | Kind::FileNotFound
             | Kind::RouteNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::AssetUnservable => StatusCode::CONFLICT,
             Kind::UpstreamError => StatusCode::BAD_GATEWAY,
-            Kind::UpstreamUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UpstreamUnavailable | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamTimeout | Kind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,6 +93,10 @@ impl Kind {
             Kind::AssetUnservable => "Asset cannot be served",
             Kind::ThumbnailNotFound => "Thumbnail not found",
             Kind::NoThumbnails => "Asset has no thumbnails",
+            Kind::NoStoryboard => "Asset has no storyboard",
+            Kind::InvalidBody => "Invalid request body",
+            Kind::PayloadTooLarge => "Request body too large",
+            Kind::UnsupportedMediaType => "Unsupported media type",
             Kind::FileNotFound => "File not found",
             Kind::RouteNotFound => "No such route",
             Kind::MethodNotAllowed => "Method not allowed",
@@ -85,6 +104,7 @@ impl Kind {
             Kind::UpstreamUnavailable => "Upstream unavailable",
             Kind::UpstreamTimeout => "Upstream timed out",
             Kind::RequestTimeout => "Request timed out",
+            Kind::Overloaded => "Service overloaded",
             Kind::Internal => "Internal error",
         }
     }
@@ -122,17 +142,24 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = self.kind.status();
+impl Problem {
+    /// The problem document as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
         let body = Body {
             type_uri: format!("{TYPE_PREFIX}{}", self.kind.code()),
             title: self.kind.title(),
-            status: status.as_u16(),
+            status: self.kind.status().as_u16(),
             detail: &self.detail,
             code: self.kind.code(),
         };
-        let json = serde_json::to_vec(&body).expect("problem serializes");
+        serde_json::to_vec(&body).expect("problem serializes")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        let json = self.to_json();
         let mut response = (status, json).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
@@ -174,6 +201,11 @@ impl From<&SourceError> for Problem {
                 kind: Kind::UpstreamUnavailable,
                 detail: format!("the {backend} backend is throttling requests"),
                 retry_after: Some(retry_after.unwrap_or(Duration::from_secs(1))),
+            },
+            SourceError::Unavailable { backend } => Problem {
+                kind: Kind::UpstreamUnavailable,
+                detail: format!("the {backend} backend cannot be reached; try again shortly"),
+                retry_after: Some(Duration::from_secs(5)),
             },
             SourceError::Timeout { backend } => Problem {
                 kind: Kind::UpstreamTimeout,

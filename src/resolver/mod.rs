@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 use time::OffsetDateTime;
 
 pub mod render;
@@ -37,6 +38,8 @@ pub struct Resolved {
     pub body_gzip: Bytes,
     /// Strong ETag of `body` (quoted).
     pub etag: String,
+    /// Past this, the entry is stale: still served while a refresh runs.
+    fresh_until: Instant,
     /// The storyboard as WebVTT with working sprite URLs, when there is one.
     pub storyboard_vtt: Option<Bytes>,
     /// The storyboard as JSON, when there is one.
@@ -46,9 +49,14 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// When this entry stops being served from the cache.
+    /// When this entry stops being served from the cache at all.
     pub fn valid_until(&self) -> Instant {
         self.valid_until
+    }
+
+    /// When this entry stops being fresh.
+    pub fn fresh_until(&self) -> Instant {
+        self.fresh_until
     }
 }
 
@@ -107,7 +115,9 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
     }
 }
 
-pub struct Resolver {
+struct Inner {
+    /// Assets whose background refresh is running.
+    refreshing: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     cache: Cache<Arc<str>, Entry>,
     backend: Backend,
     recogniser: Recogniser,
@@ -118,13 +128,151 @@ pub struct Resolver {
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
-            .field("entries", &self.cache.entry_count())
+            .field("entries", &self.inner.cache.entry_count())
             .finish_non_exhaustive()
+    }
+}
+
+/// The resolver (cheap to clone: clones share the cache).
+#[derive(Clone)]
+pub struct Resolver {
+    inner: Arc<Inner>,
+}
+
+/// A resolved asset and whether it was served past its freshness (stale-while-revalidate).
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub resolved: Arc<Resolved>,
+    pub stale: bool,
+}
+
+impl std::ops::Deref for Resolution {
+    type Target = Resolved;
+    fn deref(&self) -> &Resolved {
+        &self.resolved
     }
 }
 
 impl Resolver {
     pub fn new(settings: &Settings, backend: Backend) -> Self {
+        Self {
+            inner: Arc::new(Inner::new(settings, backend)),
+        }
+    }
+
+    /// The asset's thumbnails, from the cache or loaded once for all concurrent callers. Past
+    /// `cache.ttl` an entry is still served (marked stale) while one background refresh runs;
+    /// a failed refresh keeps it, up to `cache.max_stale` and never with URLs below
+    /// `cache.min_validity`.
+    pub async fn resolve(&self, id: &AssetId) -> Result<Resolution, ResolveError> {
+        let inner = &self.inner;
+        let (entry, hit) = match inner.cache.get(id.as_str()).await {
+            Some(entry) => {
+                inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cache_hits_total").increment(1);
+                (entry, true)
+            }
+            None => {
+                // Whether this caller's load ran, or it waited on another caller's.
+                let loaded_here = std::sync::atomic::AtomicBool::new(false);
+                let result = inner
+                    .cache
+                    .try_get_with(id.key(), async {
+                        loaded_here.store(true, Ordering::Relaxed);
+                        inner.load(id).await
+                    })
+                    .await;
+                if loaded_here.load(Ordering::Relaxed) {
+                    metrics::counter!("cache_misses_total").increment(1);
+                } else {
+                    metrics::counter!("cache_coalesced_total").increment(1);
+                }
+                (result.map_err(ResolveError::Source)?, false)
+            }
+        };
+        match entry {
+            Entry::Found(resolved) => {
+                // A load just made (or waited on) is as fresh as it gets.
+                let stale = hit && Instant::now() >= resolved.fresh_until;
+                if stale {
+                    metrics::counter!("cache_stale_served_total").increment(1);
+                    self.refresh_in_background(id, resolved.clone());
+                }
+                Ok(Resolution { resolved, stale })
+            }
+            Entry::NotFound { .. } => Err(ResolveError::NotFound),
+        }
+    }
+
+    /// One refresh per asset at a time; the stale entry stays until a fresh one replaces it.
+    /// The result replaces only that very entry: an invalidation (or another load) while the
+    /// refresh ran wins.
+    fn refresh_in_background(&self, id: &AssetId, stale: Arc<Resolved>) {
+        if !self
+            .inner
+            .refreshing
+            .lock()
+            .expect("not poisoned")
+            .insert(id.key())
+        {
+            return;
+        }
+        let inner = self.inner.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            match inner.load(&id).await {
+                Ok(fresh) => {
+                    inner
+                        .cache
+                        .entry(id.key())
+                        .and_compute_with(|current| {
+                            let same = matches!(
+                                current.as_ref().map(|e| e.value()),
+                                Some(Entry::Found(r)) if Arc::ptr_eq(r, &stale)
+                            );
+                            std::future::ready(if same { Op::Put(fresh) } else { Op::Nop })
+                        })
+                        .await;
+                }
+                Err(_) => {
+                    metrics::counter!("cache_refresh_failures_total").increment(1);
+                }
+            }
+            inner
+                .refreshing
+                .lock()
+                .expect("not poisoned")
+                .remove(id.as_str());
+        });
+    }
+
+    /// Drops an asset's cache entry.
+    pub async fn invalidate(&self, id: &AssetId) {
+        self.inner.cache.invalidate(id.as_str()).await;
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats()
+    }
+
+    /// Bytes the cache holds, by its weigher (after pending maintenance has run).
+    pub async fn weighted_size(&self) -> u64 {
+        self.inner.cache.run_pending_tasks().await;
+        self.inner.cache.weighted_size()
+    }
+
+    pub async fn entry_count(&self) -> u64 {
+        self.inner.cache.run_pending_tasks().await;
+        self.inner.cache.entry_count()
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+}
+
+impl Inner {
+    fn new(settings: &Settings, backend: Backend) -> Self {
         let recogniser = Recogniser::new(&settings.recognition)
             .expect("recognition settings are validated when loaded");
         let cache = Cache::builder()
@@ -149,6 +297,7 @@ impl Resolver {
             })
             .build();
         Self {
+            refreshing: Default::default(),
             cache,
             backend,
             recogniser,
@@ -157,64 +306,12 @@ impl Resolver {
         }
     }
 
-    /// The asset's thumbnails, from the cache or loaded once for all concurrent callers.
-    pub async fn resolve(&self, id: &AssetId) -> Result<Arc<Resolved>, ResolveError> {
-        let entry = match self.cache.get(id.as_str()).await {
-            Some(entry) => {
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("cache_hits_total").increment(1);
-                entry
-            }
-            None => {
-                // Whether this caller's load ran, or it waited on another caller's.
-                let loaded_here = std::sync::atomic::AtomicBool::new(false);
-                let result = self
-                    .cache
-                    .try_get_with(id.key(), async {
-                        loaded_here.store(true, Ordering::Relaxed);
-                        self.load(id).await
-                    })
-                    .await;
-                if loaded_here.load(Ordering::Relaxed) {
-                    metrics::counter!("cache_misses_total").increment(1);
-                } else {
-                    metrics::counter!("cache_coalesced_total").increment(1);
-                }
-                result.map_err(ResolveError::Source)?
-            }
-        };
-        match entry {
-            Entry::Found(resolved) => Ok(resolved),
-            Entry::NotFound { .. } => Err(ResolveError::NotFound),
-        }
-    }
-
-    /// Drops an asset's cache entry.
-    pub async fn invalidate(&self, id: &AssetId) {
-        self.cache.invalidate(id.as_str()).await;
-    }
-
-    pub fn stats(&self) -> StatsSnapshot {
+    fn stats(&self) -> StatsSnapshot {
         StatsSnapshot {
             hits: self.stats.hits.load(Ordering::Relaxed),
             loads: self.stats.loads.load(Ordering::Relaxed),
             renders: self.stats.renders.load(Ordering::Relaxed),
         }
-    }
-
-    /// Bytes the cache holds, by its weigher (after pending maintenance has run).
-    pub async fn weighted_size(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
-        self.cache.weighted_size()
-    }
-
-    pub async fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
-        self.cache.entry_count()
-    }
-
-    pub fn backend(&self) -> &Backend {
-        &self.backend
     }
 
     async fn load(&self, id: &AssetId) -> Result<Entry, SourceError> {
@@ -301,8 +398,11 @@ impl Resolver {
         })?;
         self.stats.renders.fetch_add(1, Ordering::Relaxed);
         let weight = weigh(&asset, &rendered);
+        let (fresh_for, keep_for) = self.lifetimes(expires_at);
+        let now = Instant::now();
         Ok(Resolved {
-            valid_until: Instant::now() + self.lifetime(expires_at),
+            fresh_until: now + fresh_for,
+            valid_until: now + keep_for,
             asset,
             body: rendered.json,
             body_gzip: rendered.json_gzip,
@@ -313,11 +413,13 @@ impl Resolver {
         })
     }
 
-    /// How long a fresh entry may be served: the TTL, shortened so that every URL in it still
-    /// has `min_validity` left when the entry is last served (zero: not cached at all).
-    fn lifetime(&self, expires_at: Option<OffsetDateTime>) -> Duration {
+    /// How long an entry is fresh (`cache.ttl`) and how long it may be kept at all (fresh, then
+    /// stale up to `cache.max_stale`), both shortened so that every URL in it still has
+    /// `min_validity` left when it is last served (zero: not cached at all).
+    fn lifetimes(&self, expires_at: Option<OffsetDateTime>) -> (Duration, Duration) {
+        let keep = self.policy.ttl + self.policy.max_stale;
         let Some(expires_at) = expires_at else {
-            return self.policy.ttl;
+            return (self.policy.ttl, keep);
         };
         let left = expires_at - OffsetDateTime::now_utc() - self.policy.min_validity;
         let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
@@ -327,7 +429,7 @@ impl Resolver {
                  lengthen the URL lifetime or shorten cache.min_validity"
             );
         }
-        left.min(self.policy.ttl)
+        (left.min(self.policy.ttl), left.min(keep))
     }
 
     async fn read_storyboards(

@@ -125,8 +125,22 @@ mod tests {
     #[test]
     fn vtt_points_every_cue_at_the_url() {
         let tiles = [
-            StoryboardTile { start: 0.0, end: 2.0, x: 0, y: 0, w: 160, h: 90 },
-            StoryboardTile { start: 2.0, end: 4.0, x: 160, y: 0, w: 160, h: 90 },
+            StoryboardTile {
+                start: 0.0,
+                end: 2.0,
+                x: 0,
+                y: 0,
+                w: 160,
+                h: 90,
+            },
+            StoryboardTile {
+                start: 2.0,
+                end: 4.0,
+                x: 160,
+                y: 0,
+                w: 160,
+                h: 90,
+            },
         ];
         let text = vtt("https://a/s.jpg?sig=x", &tiles);
         let parsed = crate::recognise::vtt::parse("s.vtt", &text).expect("our VTT parses");

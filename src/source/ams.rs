@@ -219,7 +219,7 @@ impl AmsCatalog {
                         return Err(if e.is_timeout() {
                             SourceError::Timeout { backend: BACKEND }
                         } else {
-                            upstream("connection failed")
+                            SourceError::Unavailable { backend: BACKEND }
                         });
                     }
                     wait

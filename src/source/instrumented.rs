@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::Semaphore;
 
 use super::{AssetLocation, Backend, BlobStore, Catalog, Linker, SourceError};
 use crate::asset_id::AssetId;
@@ -14,6 +15,17 @@ use crate::model::{BlobEntry, Link};
 struct Instrumented<T: ?Sized> {
     inner: Arc<T>,
     backend: &'static str,
+    /// Calls in flight to this upstream (shared by the wrappers of one backend).
+    limit: Arc<Semaphore>,
+}
+
+impl<T: ?Sized> Instrumented<T> {
+    async fn permit(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.limit
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
 }
 
 fn outcome<T>(result: &Result<T, SourceError>) -> &'static str {
@@ -22,13 +34,19 @@ fn outcome<T>(result: &Result<T, SourceError>) -> &'static str {
         Err(SourceError::NotFound) => "not_found",
         Err(SourceError::Throttled { .. }) => "throttled",
         Err(SourceError::Timeout { .. }) => "timeout",
+        Err(SourceError::Unavailable { .. }) => "unavailable",
         Err(SourceError::Misconfigured { .. }) => "misconfigured",
         Err(SourceError::Unservable { .. }) => "unservable",
         Err(SourceError::Upstream { .. }) => "error",
     }
 }
 
-fn record<T>(backend: &'static str, operation: &'static str, started: Instant, result: &Result<T, SourceError>) {
+fn record<T>(
+    backend: &'static str,
+    operation: &'static str,
+    started: Instant,
+    result: &Result<T, SourceError>,
+) {
     metrics::counter!("upstream_requests_total", "backend" => backend, "operation" => operation, "outcome" => outcome(result)).increment(1);
     metrics::histogram!("upstream_request_duration_seconds", "backend" => backend, "operation" => operation)
         .record(started.elapsed().as_secs_f64());
@@ -37,6 +55,7 @@ fn record<T>(backend: &'static str, operation: &'static str, started: Instant, r
 #[async_trait]
 impl<T: Catalog + ?Sized> Catalog for Instrumented<T> {
     async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError> {
+        let _permit = self.permit().await;
         let started = Instant::now();
         let result = self.inner.locate(id).await;
         record(self.backend, "locate", started, &result);
@@ -47,13 +66,20 @@ impl<T: Catalog + ?Sized> Catalog for Instrumented<T> {
 #[async_trait]
 impl<T: BlobStore + ?Sized> BlobStore for Instrumented<T> {
     async fn list(&self, location: &AssetLocation) -> Result<Vec<BlobEntry>, SourceError> {
+        let _permit = self.permit().await;
         let started = Instant::now();
         let result = self.inner.list(location).await;
         record(self.backend, "list", started, &result);
         result
     }
 
-    async fn read(&self, location: &AssetLocation, name: &str, limit: usize) -> Result<Bytes, SourceError> {
+    async fn read(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        limit: usize,
+    ) -> Result<Bytes, SourceError> {
+        let _permit = self.permit().await;
         let started = Instant::now();
         let result = self.inner.read(location, name, limit).await;
         record(self.backend, "read", started, &result);
@@ -63,7 +89,12 @@ impl<T: BlobStore + ?Sized> BlobStore for Instrumented<T> {
 
 #[async_trait]
 impl<T: Linker + ?Sized> Linker for Instrumented<T> {
-    async fn link(&self, location: &AssetLocation, names: &[&str]) -> Result<Vec<Link>, SourceError> {
+    async fn link(
+        &self,
+        location: &AssetLocation,
+        names: &[&str],
+    ) -> Result<Vec<Link>, SourceError> {
+        let _permit = self.permit().await;
         let started = Instant::now();
         let result = self.inner.link(location, names).await;
         record(self.backend, "link", started, &result);
@@ -72,13 +103,33 @@ impl<T: Linker + ?Sized> Linker for Instrumented<T> {
 }
 
 impl Backend {
-    /// The same backend, each call counted and timed. `catalog` names the catalog's backend
-    /// (local, storage, ams); blobs live in `store` (local or storage).
-    pub fn instrumented(self, catalog: &'static str, store: &'static str) -> Self {
+    /// The same backend, each call counted, timed and bounded: at most `max_concurrency`
+    /// calls in flight to the catalog, and as many to the store and linker together. `catalog`
+    /// names the catalog's backend (local, storage, ams); blobs live in `store`.
+    pub fn instrumented(
+        self,
+        catalog: &'static str,
+        store: &'static str,
+        max_concurrency: usize,
+    ) -> Self {
+        let catalog_limit = Arc::new(Semaphore::new(max_concurrency));
+        let store_limit = Arc::new(Semaphore::new(max_concurrency));
         Self {
-            catalog: Arc::new(Instrumented { inner: self.catalog, backend: catalog }),
-            store: Arc::new(Instrumented { inner: self.store, backend: store }),
-            linker: Arc::new(Instrumented { inner: self.linker, backend: store }),
+            catalog: Arc::new(Instrumented {
+                inner: self.catalog,
+                backend: catalog,
+                limit: catalog_limit,
+            }),
+            store: Arc::new(Instrumented {
+                inner: self.store,
+                backend: store,
+                limit: store_limit.clone(),
+            }),
+            linker: Arc::new(Instrumented {
+                inner: self.linker,
+                backend: store,
+                limit: store_limit,
+            }),
             health: self.health,
             local_root: self.local_root,
         }

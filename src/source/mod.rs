@@ -73,6 +73,9 @@ pub enum SourceError {
     },
     #[error("{backend}: timed out")]
     Timeout { backend: &'static str },
+    /// The upstream cannot be reached at all (connection refused, reset, DNS).
+    #[error("{backend}: unreachable")]
+    Unavailable { backend: &'static str },
     #[error("{backend}: misconfigured: {message}")]
     Misconfigured {
         backend: &'static str,
@@ -149,10 +152,11 @@ impl Backend {
         public_base_url: &url::Url,
     ) -> Result<Self, ConfigError> {
         let backend = Self::build(settings, public_base_url)?;
+        let limit = settings.upstream.max_concurrency;
         Ok(match &settings.source {
-            SourceSettings::Local(_) => backend.instrumented("local", "local"),
-            SourceSettings::Storage(_) => backend.instrumented("storage", "storage"),
-            SourceSettings::Ams(_) => backend.instrumented("ams", "storage"),
+            SourceSettings::Local(_) => backend.instrumented("local", "local", limit),
+            SourceSettings::Storage(_) => backend.instrumented("storage", "storage", limit),
+            SourceSettings::Ams(_) => backend.instrumented("ams", "storage", limit),
         })
     }
 

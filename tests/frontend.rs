@@ -1,0 +1,424 @@
+//! What a frontend needs: storyboards, batch lookups, HTTP caching, compression, CORS, metrics
+//! and cache invalidation — against the real server and the bundled samples.
+
+mod support;
+
+use std::io::Read;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+use support::{TestServer, assert_problem, settings};
+
+#[tokio::test]
+async fn storyboard_vtt_and_json_point_at_working_urls() {
+    let server = TestServer::start(settings("")).await;
+    let response = server.get("/assets/sprite-storyboard/storyboard.vtt").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/vtt; charset=utf-8"
+    );
+    let vtt = response.text().await.unwrap();
+    let parsed =
+        ams_thumbnails::recognise::vtt::parse("x.vtt", &vtt).expect("valid storyboard VTT");
+    assert_eq!(parsed.tiles.len(), 10);
+    assert_eq!(parsed.tiles[3].x, 480);
+    // Every cue's image is the absolute sprite URL, and it loads.
+    let cue_url = vtt
+        .lines()
+        .find(|l| l.contains("#xywh="))
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cue_url.starts_with("http://127.0.0.1:"), "{cue_url}");
+    let sprite = server.client.get(&cue_url).send().await.unwrap();
+    assert_eq!(sprite.status(), 200);
+    assert_eq!(sprite.headers()["content-type"], "image/jpeg");
+
+    let json: Value = server
+        .get("/assets/sprite-storyboard/storyboard.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["assetId"], "sprite-storyboard");
+    assert_eq!(json["url"], cue_url);
+    assert_eq!(
+        (json["width"].as_u64(), json["height"].as_u64()),
+        (Some(640), Some(270))
+    );
+    let tiles = json["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), 10);
+    assert_eq!(tiles[9]["end"], 20.0);
+
+    for path in [
+        "/assets/builtin-preset/storyboard.vtt",
+        "/assets/builtin-preset/storyboard.json",
+    ] {
+        assert_problem(server.get(path).await, 404, "no-storyboard").await;
+    }
+    assert_problem(
+        server.get("/assets/ghost/storyboard.json").await,
+        404,
+        "asset-not-found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn batch_resolves_each_distinct_id_once() {
+    let server = TestServer::start(settings("[api]\nbatch_limit = 5\n")).await;
+    let body = serde_json::json!({
+        "assetIds": ["builtin-preset", "ghost", "builtin-preset", "a/b", "multi-rendition"]
+    });
+    let response = server
+        .client
+        .post(server.url("/assets:batchGet"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    let summary: Vec<(&str, u64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["assetId"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("builtin-preset", 200),
+            ("ghost", 404),
+            ("a/b", 400),
+            ("multi-rendition", 200)
+        ]
+    );
+    assert_eq!(
+        results[0]["result"]["thumbnails"].as_array().unwrap().len(),
+        5
+    );
+    assert_eq!(results[1]["problem"]["code"], "asset-not-found");
+    assert_eq!(results[2]["problem"]["code"], "invalid-asset-id");
+    // The single answers are byte-identical to the list route's.
+    let single: Value = server
+        .get("/assets/multi-rendition/thumbnails")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(results[3]["result"], single);
+    // The duplicate was resolved once; the invalid id never reached the backend.
+    assert_eq!(server.probe.locates.load(Ordering::SeqCst), 3);
+
+    let too_many = serde_json::json!({"assetIds": ["a1", "a2", "a3", "a4", "a5", "a6"]});
+    let response = server
+        .client
+        .post(server.url("/assets:batchGet"))
+        .json(&too_many)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 400, "invalid-body").await;
+    for bad in [r#"{"ids":[]}"#, "not json", r#"{"assetIds":"x"}"#] {
+        let response = server
+            .client
+            .post(server.url("/assets:batchGet"))
+            .header("content-type", "application/json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 400, "invalid-body").await;
+    }
+}
+
+#[tokio::test]
+async fn etag_and_conditional_requests() {
+    let server = TestServer::start(settings("")).await;
+    let path = "/assets/builtin-preset/thumbnails";
+    let first = server.get(path).await;
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && !etag.starts_with("W/"),
+        "strong: {etag}"
+    );
+    assert!(
+        first.headers()["vary"]
+            .to_str()
+            .unwrap()
+            .contains("accept-encoding")
+    );
+    let cache_control = first.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cache_control.starts_with("public, max-age="),
+        "{cache_control}"
+    );
+
+    let revalidated = server
+        .client
+        .get(server.url(path))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert_eq!(revalidated.headers()["etag"], etag.as_str());
+    assert!(revalidated.bytes().await.unwrap().is_empty());
+
+    let changed = server
+        .client
+        .get(server.url(path))
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    // Another asset has another tag.
+    let other = server.get("/assets/multi-rendition/thumbnails").await;
+    assert_ne!(other.headers()["etag"], etag.as_str());
+}
+
+#[tokio::test]
+async fn gzip_when_accepted_without_extra_work_per_hit() {
+    let server = TestServer::start(settings("")).await;
+    let path = "/assets/sprite-storyboard/thumbnails";
+    let plain = server.get(path).await.bytes().await.unwrap();
+    let renders = server.state.resolver.stats().renders;
+    // A client that leaves bodies as sent (reqwest's gzip feature is on in this build).
+    let raw = reqwest::Client::builder().no_gzip().build().unwrap();
+    let response = raw
+        .get(server.url(path))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let compressed = response.bytes().await.unwrap();
+    assert!(
+        compressed.len() < plain.len() / 2,
+        "{} vs {}",
+        compressed.len(),
+        plain.len()
+    );
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_end(&mut unzipped)
+        .unwrap();
+    assert_eq!(unzipped, plain);
+    assert_eq!(
+        server.state.resolver.stats().renders,
+        renders,
+        "compressed at load, not per hit"
+    );
+    let refused = raw
+        .get(server.url(path))
+        .header("accept-encoding", "gzip;q=0")
+        .send()
+        .await
+        .unwrap();
+    assert!(refused.headers().get("content-encoding").is_none());
+}
+
+#[tokio::test]
+async fn cors_only_for_configured_origins() {
+    let closed = TestServer::start(settings("")).await;
+    let response = closed
+        .client
+        .get(closed.url("/assets/builtin-preset/thumbnails"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "no CORS by default"
+    );
+
+    let open = TestServer::start(settings(
+        "[api]\ncors_allowed_origins = [\"https://app.example.com\"]\n",
+    ))
+    .await;
+    let preflight = open
+        .client
+        .request(
+            reqwest::Method::OPTIONS,
+            open.url("/assets/builtin-preset/thumbnails"),
+        )
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "if-none-match")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("if-none-match"), "{allowed}");
+
+    let response = open
+        .client
+        .get(open.url("/assets/builtin-preset/thumbnails"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for h in ["etag", "x-request-id", "retry-after"] {
+        assert!(exposed.contains(h), "{exposed}");
+    }
+    let foreign = open
+        .client
+        .get(open.url("/assets/builtin-preset/thumbnails"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert!(
+        ams_thumbnails::Settings::from_toml(
+            "[api]\ncors_allowed_origins = [\"app.example.com\"]\n"
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn invalidation_forces_a_fresh_load() {
+    let server = TestServer::start(settings("")).await;
+    let path = "/assets/builtin-preset/thumbnails";
+    assert_eq!(server.get(path).await.status(), 200);
+    assert_eq!(server.get(path).await.status(), 200);
+    assert_eq!(server.probe.locates.load(Ordering::SeqCst), 1);
+    let response = server
+        .client
+        .delete(server.url("/assets/builtin-preset/cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(server.get(path).await.status(), 200);
+    assert_eq!(server.probe.locates.load(Ordering::SeqCst), 2);
+    let response = server
+        .client
+        .delete(server.url("/assets/a..b/cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 400, "invalid-asset-id").await;
+}
+
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            let rest = &l[name.len()..];
+            (rest.starts_with('{') || rest.starts_with(' '))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_cache_and_upstream() {
+    let server = TestServer::start(settings("")).await;
+    let scrape = || async { server.get("/metrics").await.text().await.unwrap() };
+    let before = scrape().await;
+    for _ in 0..3 {
+        server.get("/assets/virtual-folders/thumbnails").await;
+    }
+    server.get("/assets/nothing-here/thumbnails").await;
+    let after = scrape().await;
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        metric(&after, name, labels) - metric(&before, name, labels)
+    };
+    let route = [("route", "/assets/{assetId}/thumbnails"), ("status", "200")];
+    assert!(delta("http_requests_total", &route) >= 3.0, "{after}");
+    assert!(
+        delta(
+            "http_requests_total",
+            &[("route", "/assets/{assetId}/thumbnails"), ("status", "404")]
+        ) >= 1.0
+    );
+    assert!(delta("cache_hits_total", &[]) >= 2.0);
+    assert!(delta("cache_misses_total", &[]) >= 2.0);
+    assert!(
+        delta(
+            "upstream_requests_total",
+            &[
+                ("backend", "local"),
+                ("operation", "locate"),
+                ("outcome", "ok")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        delta(
+            "upstream_requests_total",
+            &[
+                ("backend", "local"),
+                ("operation", "locate"),
+                ("outcome", "not_found")
+            ]
+        ) >= 1.0
+    );
+    assert!(
+        after.contains("http_request_duration_seconds_bucket"),
+        "histograms"
+    );
+    assert!(metric(&after, "cache_entries", &[]) >= 1.0);
+    assert!(!after.contains("nothing-here"), "no raw ids as labels");
+}
+
+#[tokio::test]
+async fn demo_page_is_served_with_a_strict_policy() {
+    let server = TestServer::start(settings("")).await;
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/demo/app.js", "text/javascript; charset=utf-8"),
+        ("/demo/app.css", "text/css; charset=utf-8"),
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"], content_type);
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    }
+}

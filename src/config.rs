@@ -39,6 +39,20 @@ pub struct Settings {
     pub credential: Option<CredentialSettings>,
     /// Timeouts, retries and trust for every outbound call.
     pub upstream: UpstreamSettings,
+    /// Benchmark aids (bench/run); off by default.
+    pub bench: BenchSettings,
+}
+
+/// Benchmark aids, used by `bench/run` only.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BenchSettings {
+    /// Serve `GET /bench/bare/{assetId}`: a static body of this many bytes through the same
+    /// middleware, the baseline the cached route is measured against. 0: no such route.
+    pub bare_body_bytes: usize,
+    /// Delay added to every catalog lookup (simulated upstream latency).
+    #[serde(with = "humantime_serde")]
+    pub upstream_latency: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -199,7 +199,7 @@ mod bounded_upstream {
             catalog: slow.clone(),
             ..real
         }
-        .instrumented("test", "test", 3);
+        .instrumented("test", "test", 3, Duration::ZERO);
         let calls = (0..12).map(|i| {
             let catalog = backend.catalog.clone();
             async move {

@@ -23,16 +23,16 @@ pub async fn list(
     let resolved = state.resolver.resolve(&path.id).await?;
     let gzip = accepts_gzip(&request);
     // Each encoding is its own representation, with its own strong tag.
-    let tag = if gzip {
-        format!("{}-gzip\"", resolved.etag.trim_end_matches('"'))
+    let etag = HeaderValue::from_maybe_shared(if gzip {
+        resolved.etag_gzip_bytes.clone()
     } else {
-        resolved.etag.clone()
-    };
-    let etag = HeaderValue::from_str(&tag).expect("hex ETag");
+        resolved.etag_bytes.clone()
+    })
+    .expect("hex ETag");
     let not_modified = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| etag_matches(v, &tag));
+        .is_some_and(|v| etag_matches(v, etag.to_str().expect("ASCII tag")));
     let mut response = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else if gzip {

@@ -121,6 +121,9 @@ pub fn route_table(state: &AppState) -> Vec<(Method, &'static str)> {
     if state.resolver.backend().local_root.is_some() {
         table.push((Method::GET, LOCAL_FILES_ROUTE));
     }
+    if state.settings.bench.bare_body_bytes > 0 {
+        table.push((Method::GET, "/bench/bare/{assetId}"));
+    }
     table
 }
 
@@ -129,6 +132,24 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
     for (_, path, handler) in api_routes() {
         router = router.route(path, handler);
+    }
+    if state.settings.bench.bare_body_bytes > 0 {
+        let body = bytes::Bytes::from(vec![b' '; state.settings.bench.bare_body_bytes]);
+        router = router.route(
+            "/bench/bare/{assetId}",
+            get(move |_: axum::extract::Path<String>| {
+                let body = body.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("application/json"),
+                        )],
+                        body,
+                    )
+                }
+            }),
+        );
     }
     if let Some(root) = &state.resolver.backend().local_root {
         let files = ServeDir::new(root)

@@ -38,6 +38,9 @@ pub struct Resolved {
     pub body_gzip: Bytes,
     /// Strong ETag of `body` (quoted).
     pub etag: String,
+    /// `etag`, and the gzip body's tag, as shared bytes (no formatting or copy per hit).
+    pub etag_bytes: Bytes,
+    pub etag_gzip_bytes: Bytes,
     /// Past this, the entry is stale: still served while a refresh runs.
     fresh_until: Instant,
     /// The storyboard as WebVTT with working sprite URLs, when there is one.
@@ -406,6 +409,8 @@ impl Inner {
             asset,
             body: rendered.json,
             body_gzip: rendered.json_gzip,
+            etag_bytes: Bytes::from(rendered.etag.clone()),
+            etag_gzip_bytes: Bytes::from(format!("{}-gzip\"", rendered.etag.trim_end_matches('"'))),
             etag: rendered.etag,
             storyboard_vtt: rendered.storyboard_vtt,
             storyboard_json: rendered.storyboard_json,

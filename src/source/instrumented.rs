@@ -17,6 +17,8 @@ struct Instrumented<T: ?Sized> {
     backend: &'static str,
     /// Calls in flight to this upstream (shared by the wrappers of one backend).
     limit: Arc<Semaphore>,
+    /// Simulated latency (benchmarks); zero otherwise.
+    latency: std::time::Duration,
 }
 
 impl<T: ?Sized> Instrumented<T> {
@@ -57,6 +59,9 @@ impl<T: Catalog + ?Sized> Catalog for Instrumented<T> {
     async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError> {
         let _permit = self.permit().await;
         let started = Instant::now();
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         let result = self.inner.locate(id).await;
         record(self.backend, "locate", started, &result);
         result
@@ -111,6 +116,7 @@ impl Backend {
         catalog: &'static str,
         store: &'static str,
         max_concurrency: usize,
+        latency: std::time::Duration,
     ) -> Self {
         let catalog_limit = Arc::new(Semaphore::new(max_concurrency));
         let store_limit = Arc::new(Semaphore::new(max_concurrency));
@@ -119,16 +125,19 @@ impl Backend {
                 inner: self.catalog,
                 backend: catalog,
                 limit: catalog_limit,
+                latency,
             }),
             store: Arc::new(Instrumented {
                 inner: self.store,
                 backend: store,
                 limit: store_limit.clone(),
+                latency: std::time::Duration::ZERO,
             }),
             linker: Arc::new(Instrumented {
                 inner: self.linker,
                 backend: store,
                 limit: store_limit,
+                latency: std::time::Duration::ZERO,
             }),
             health: self.health,
             local_root: self.local_root,

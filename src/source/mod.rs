@@ -153,10 +153,13 @@ impl Backend {
     ) -> Result<Self, ConfigError> {
         let backend = Self::build(settings, public_base_url)?;
         let limit = settings.upstream.max_concurrency;
+        let latency = settings.bench.upstream_latency;
         Ok(match &settings.source {
-            SourceSettings::Local(_) => backend.instrumented("local", "local", limit),
-            SourceSettings::Storage(_) => backend.instrumented("storage", "storage", limit),
-            SourceSettings::Ams(_) => backend.instrumented("ams", "storage", limit),
+            SourceSettings::Local(_) => backend.instrumented("local", "local", limit, latency),
+            SourceSettings::Storage(_) => {
+                backend.instrumented("storage", "storage", limit, latency)
+            }
+            SourceSettings::Ams(_) => backend.instrumented("ams", "storage", limit, latency),
         })
     }
 

@@ -26,6 +26,10 @@ pub struct Settings {
     pub server: ServerSettings,
     /// What the HTTP API offers browsers and batch callers.
     pub api: ApiSettings,
+    /// Who may call which routes.
+    pub auth: AuthSettings,
+    /// Requests per client identity (API key, else IP address).
+    pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
     pub cache: CacheSettings,
     pub recognition: RecognitionSettings,
@@ -88,6 +92,70 @@ impl Default for ServerSettings {
             max_concurrent_requests: 1024,
             max_queued_requests: 2048,
             queue_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a route group is protected.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Anyone may call.
+    #[default]
+    None,
+    /// An API key with the group's role (`x-api-key` or `Authorization: Bearer`).
+    ApiKey,
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The asset routes (`/assets/...`, batch).
+    Api,
+    /// Cache invalidation (always needs a key with this role).
+    Admin,
+    /// `/readyz` and `/metrics` when `auth.ops = "api-key"`.
+    Ops,
+}
+
+/// An API key, stored as the SHA-256 of the key (hex): the key itself is never configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Who holds it (logged and used as the rate-limit identity; never the key).
+    pub name: String,
+    /// `sha256sum` of the key, 64 hex digits. Several keys may be active (rotation).
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// The asset routes.
+    pub api: AuthMode,
+    /// `/readyz` and `/metrics` (`/healthz` is always open).
+    pub ops: AuthMode,
+    pub api_keys: Vec<ApiKeySettings>,
+    /// Start even though signed URLs are handed out to anyone who asks (no `auth.api`).
+    pub allow_anonymous_signed_urls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Sustained requests per second per client identity; 0 turns limiting off.
+    pub requests_per_second: f64,
+    /// Requests a client may make in a burst above the sustained rate.
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 0.0,
+            burst: 100,
         }
     }
 }
@@ -313,6 +381,8 @@ pub struct StorageSettings {
     pub auth: StorageAuth,
     /// Key of `account` (base64), for `auth = "account-key"` and account-key SAS links.
     pub account_key: Option<crate::secret::Secret>,
+    /// A file holding the account key, read at start (instead of `account_key`).
+    pub account_key_file: Option<PathBuf>,
     /// Blobs per List Blobs page (1 to 5000).
     pub page_size: u32,
 }
@@ -324,6 +394,7 @@ impl Default for StorageSettings {
             endpoint: "https://{account}.blob.core.windows.net".into(),
             auth: StorageAuth::default(),
             account_key: None,
+            account_key_file: None,
             page_size: 5000,
         }
     }
@@ -381,7 +452,12 @@ pub enum CredentialSettings {
     ClientSecret {
         tenant_id: String,
         client_id: String,
-        client_secret: crate::secret::Secret,
+        /// The secret itself, or (better) `client_secret_file`.
+        #[serde(default)]
+        client_secret: Option<crate::secret::Secret>,
+        /// A file holding the secret (a mounted Kubernetes/Docker secret), read at start.
+        #[serde(default)]
+        client_secret_file: Option<PathBuf>,
         /// Authority host (sovereign clouds, tests); default `https://login.microsoftonline.com`.
         authority_host: Option<Url>,
     },
@@ -539,9 +615,52 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Secrets may come from files (`*_file`): read once, here, so the rest sees one value.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        fn read(key: &str, path: &Path) -> Result<crate::secret::Secret, ConfigError> {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                key: key.into(),
+                message: format!("cannot read {}: {}", path.display(), e.kind()),
+            })?;
+            Ok(crate::secret::Secret::new(text.trim()))
+        }
+        let both = |key: &str| ConfigError::Invalid {
+            key: key.into(),
+            message: "set the secret or its file, not both".into(),
+        };
+        if let Some(path) = self.storage.account_key_file.clone() {
+            if self.storage.account_key.is_some() {
+                return Err(both("storage.account_key_file"));
+            }
+            self.storage.account_key = Some(read("storage.account_key_file", &path)?);
+        }
+        if let Some(CredentialSettings::ClientSecret {
+            client_secret,
+            client_secret_file,
+            ..
+        }) = &mut self.credential
+        {
+            match (client_secret.is_some(), client_secret_file.clone()) {
+                (true, Some(_)) => return Err(both("credential.client_secret_file")),
+                (false, Some(path)) => {
+                    *client_secret = Some(read("credential.client_secret_file", &path)?)
+                }
+                (false, None) => {
+                    return Err(ConfigError::Invalid {
+                        key: "credential.client_secret".into(),
+                        message: "is required (or credential.client_secret_file)".into(),
+                    });
+                }
+                (true, None) => {}
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -549,6 +668,42 @@ impl Settings {
             key: key.into(),
             message,
         };
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    &format!("auth.api_keys[{i}].sha256"),
+                    "must be the SHA-256 of the key as 64 hex digits (`printf %s KEY | sha256sum`)"
+                        .into(),
+                ));
+            }
+            if key.name.trim().is_empty() || key.roles.is_empty() {
+                return Err(invalid(
+                    &format!("auth.api_keys[{i}]"),
+                    "needs a name and at least one role".into(),
+                ));
+            }
+        }
+        for (mode, role, key) in [
+            (self.auth.api, Role::Api, "auth.api"),
+            (self.auth.ops, Role::Ops, "auth.ops"),
+        ] {
+            if mode == AuthMode::ApiKey
+                && !self.auth.api_keys.iter().any(|k| k.roles.contains(&role))
+            {
+                return Err(invalid(
+                    key,
+                    format!("is \"api-key\" but no key in auth.api_keys has the role {role:?}"),
+                ));
+            }
+        }
+        if !(self.rate_limit.requests_per_second >= 0.0
+            && self.rate_limit.requests_per_second.is_finite())
+        {
+            return Err(invalid(
+                "rate_limit.requests_per_second",
+                "must be 0 (off) or a positive number".into(),
+            ));
+        }
         if let Some(url) = &self.server.public_base_url {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 return Err(invalid(
@@ -659,6 +814,17 @@ impl Settings {
                 }
                 self.validate_azure()?;
             }
+        }
+        let signed =
+            !matches!(self.source, SourceSettings::Local(_)) && self.links.mode != LinkMode::Public;
+        if signed && self.auth.api == AuthMode::None && !self.auth.allow_anonymous_signed_urls {
+            return Err(invalid(
+                "auth.api",
+                "signed URLs would be handed to anyone who asks: set auth.api = \"api-key\", or \
+                 auth.allow_anonymous_signed_urls = true to accept that (e.g. behind a gateway \
+                 that authenticates)"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -886,7 +1052,7 @@ mod tests {
     #[test]
     fn secrets_are_redacted_in_check_config() {
         let s = Settings::from_toml(
-            "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\nauth = \"account-key\"\naccount_key = \"c2VjcmV0LWtleQ==\"\n[links]\nmode = \"account-key-sas\"\n[credential]\nkind = \"client-secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-value\"\n",
+            "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\nauth = \"account-key\"\naccount_key = \"c2VjcmV0LWtleQ==\"\n[links]\nmode = \"account-key-sas\"\n[auth]\nallow_anonymous_signed_urls = true\n[credential]\nkind = \"client-secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-value\"\n",
         )
         .unwrap();
         let text = s.to_redacted_toml();

@@ -71,7 +71,11 @@ impl Server {
             );
             let _ = started_tx.send(());
         };
-        let serve = axum::serve(self.listener, app(self.state)).with_graceful_shutdown(signal);
+        let serve = axum::serve(
+            self.listener,
+            app(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(signal);
         let mut task = tokio::spawn(async move { serve.await });
         tokio::select! {
             result = &mut task => return result.map_err(std::io::Error::other)?,

@@ -87,6 +87,8 @@ endpoint = "{endpoint}"
 {storage}
 [links]
 {links}
+[auth]
+allow_anonymous_signed_urls = true
 [credential]
 kind = "client-secret"
 tenant_id = "{tenant}"

@@ -88,6 +88,7 @@ fn storage_settings(az: &Azurite, extra: &str) -> Settings {
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [source]\nkind = \"storage\"\n{extra_source}\
          [storage]\naccount = \"{ACCOUNT}\"\nendpoint = \"{endpoint}\"\nauth = \"account-key\"\naccount_key = \"{KEY}\"\npage_size = 2\n\
+         [auth]\nallow_anonymous_signed_urls = true\n\
          [links]\nmode = \"account-key-sas\"\nallow_http = true\n{extra}",
         endpoint = az.blob_endpoint.replace(ACCOUNT, "{account}"),
         extra_source = "",

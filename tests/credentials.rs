@@ -54,6 +54,8 @@ kind = "storage"
 account = "{ACCOUNT}"
 endpoint = "{endpoint}"
 auth = "entra"
+[auth]
+allow_anonymous_signed_urls = true
 [links]
 mode = "user-delegation-sas"
 lifetime = "3s"

@@ -316,7 +316,11 @@ async fn cors_only_for_configured_origins() {
 
 #[tokio::test]
 async fn invalidation_forces_a_fresh_load() {
-    let server = TestServer::start(settings("")).await;
+    // sha256("test-admin-key")
+    let server = TestServer::start(settings(
+        "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"944650a7cd0f9e14d5c4fb15edbffb7fa45fb9ed36a4fa9be3d7e5476ae51bd9\", roles = [\"admin\"] }]\n",
+    ))
+    .await;
     let path = "/assets/builtin-preset/thumbnails";
     assert_eq!(server.get(path).await.status(), 200);
     assert_eq!(server.get(path).await.status(), 200);
@@ -324,6 +328,7 @@ async fn invalidation_forces_a_fresh_load() {
     let response = server
         .client
         .delete(server.url("/assets/builtin-preset/cache"))
+        .header("x-api-key", "test-admin-key")
         .send()
         .await
         .unwrap();
@@ -333,6 +338,7 @@ async fn invalidation_forces_a_fresh_load() {
     let response = server
         .client
         .delete(server.url("/assets/a..b/cache"))
+        .header("x-api-key", "test-admin-key")
         .send()
         .await
         .unwrap();

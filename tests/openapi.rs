@@ -228,7 +228,10 @@ async fn check_with(
 #[tokio::test]
 async fn real_answers_match_the_spec() {
     let spec = spec();
-    let (app, _, _) = app_with_probe(settings(""));
+    // sha256("test-admin-key"): an admin key for the cache route.
+    let (app, _, _) = app_with_probe(settings(
+        "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"944650a7cd0f9e14d5c4fb15edbffb7fa45fb9ed36a4fa9be3d7e5476ae51bd9\", roles = [\"admin\"] }]\n",
+    ));
     let t = "/assets/{assetId}/thumbnails";
     let i = "/assets/{assetId}/thumbnails/{index}";
     let p = "/assets/{assetId}/poster";
@@ -288,14 +291,20 @@ async fn real_answers_match_the_spec() {
         covered.insert(("GET".to_owned(), spec_path.to_string()));
     }
     let c = "/assets/{assetId}/cache";
-    assert_eq!(
-        check(&app, &spec, "DELETE", c, "/assets/builtin-preset/cache").await,
-        204
-    );
-    assert_eq!(
-        check(&app, &spec, "DELETE", c, "/assets/a..b/cache").await,
-        400
-    );
+    let admin = [("x-api-key", "test-admin-key")];
+    for (uri, headers, expected) in [
+        ("/assets/builtin-preset/cache", &[][..], 401),
+        (
+            "/assets/builtin-preset/cache",
+            &[("x-api-key", "wrong")][..],
+            401,
+        ),
+        ("/assets/builtin-preset/cache", &admin[..], 204),
+        ("/assets/a..b/cache", &admin[..], 400),
+    ] {
+        let status = check_with(&app, &spec, "DELETE", c, uri, headers, None).await;
+        assert_eq!(status, expected, "DELETE {uri}");
+    }
     covered.insert(("DELETE".to_owned(), c.to_owned()));
     let b = "/assets:batchGet";
     let json = [("content-type", "application/json")];

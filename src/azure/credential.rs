@@ -28,6 +28,7 @@ pub fn build(
             client_id,
             client_secret,
             authority_host,
+            ..
         } => {
             let mut client_options = options.clone();
             if let Some(host) = authority_host {
@@ -38,7 +39,11 @@ pub fn build(
             ClientSecretCredential::new(
                 tenant_id,
                 client_id.clone(),
-                client_secret.expose().to_owned().into(),
+                client_secret
+                    .as_ref()
+                    .map(|s| s.expose().to_owned())
+                    .unwrap_or_default()
+                    .into(),
                 Some(ClientSecretCredentialOptions { client_options }),
             )
             .map_err(invalid)?

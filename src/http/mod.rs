@@ -2,6 +2,7 @@
 //! parse, call the resolver and shape the answer.
 
 mod assets;
+pub mod auth;
 mod batch;
 mod demo;
 mod health;
@@ -171,12 +172,19 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.settings.server.request_timeout;
     let cors = cors_layer(&state.settings.api.cors_allowed_origins);
     let admission = Arc::new(Admission::new(&state.settings.server));
+    let guard = Arc::new(auth::Guard::new(
+        &state.settings.auth,
+        &state.settings.rate_limit,
+    ));
     crate::metrics::handle();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .layer(middleware::from_fn_with_state(admission, admit))
+        .layer(middleware::from_fn_with_state(guard, auth::authenticate))
+        .layer(middleware::from_fn(limits))
+        .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(record_metrics))
         .layer(tower::util::option_layer(cors))
         .layer(
@@ -197,6 +205,7 @@ pub fn app(state: AppState) -> Router {
                                 method = %request.method(),
                                 path = %request.uri().path(),
                                 request_id,
+                                client = tracing::field::Empty,
                             )
                         })
                         .on_response(DefaultOnResponse::new().level(Level::INFO)),
@@ -245,6 +254,7 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
             header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
             REQUEST_ID.clone(),
         ])
         .expose_headers([
@@ -273,6 +283,48 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Longest request target accepted (path and query).
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes accepted (names and values).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Hostile-input limits before anything else runs.
+async fn limits(request: Request, next: Next) -> Response {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return Problem::new(
+            Kind::UriTooLong,
+            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Problem::new(
+            Kind::HeadersTooLarge,
+            format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// `nosniff` and `no-referrer` on every answer (problems from the limits included).
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     response
 }
 

@@ -35,6 +35,11 @@ pub enum Kind {
     UpstreamTimeout,
     RequestTimeout,
     Overloaded,
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    UriTooLong,
+    HeadersTooLarge,
     Internal,
 }
 
@@ -59,6 +64,11 @@ impl Kind {
             Kind::UpstreamTimeout => "upstream-timeout",
             Kind::RequestTimeout => "request-timeout",
             Kind::Overloaded => "overloaded",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::RateLimited => "rate-limited",
+            Kind::UriTooLong => "uri-too-long",
+            Kind::HeadersTooLarge => "headers-too-large",
             Kind::Internal => "internal-error",
         }
     }
@@ -76,6 +86,11 @@ impl Kind {
             | Kind::RouteNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Kind::UriTooLong => StatusCode::URI_TOO_LONG,
+            Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::AssetUnservable => StatusCode::CONFLICT,
             Kind::UpstreamError => StatusCode::BAD_GATEWAY,
@@ -105,6 +120,11 @@ impl Kind {
             Kind::UpstreamTimeout => "Upstream timed out",
             Kind::RequestTimeout => "Request timed out",
             Kind::Overloaded => "Service overloaded",
+            Kind::Unauthorized => "Unauthorized",
+            Kind::Forbidden => "Forbidden",
+            Kind::RateLimited => "Too many requests",
+            Kind::UriTooLong => "URI too long",
+            Kind::HeadersTooLarge => "Request headers too large",
             Kind::Internal => "Internal error",
         }
     }

@@ -4,6 +4,7 @@
 pub mod ams;
 pub mod instrumented;
 pub mod local;
+pub mod mkio;
 pub mod storage;
 
 use std::fmt;

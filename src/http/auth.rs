@@ -1,0 +1,268 @@
+//! Who may call what: API keys (stored as SHA-256, compared in constant time, several active
+//! for rotation) per route group, and a per-identity rate limit.
+//!
+//! Groups: `public` (the demo page, the spec, `/healthz`, local sample files — an `<img>`
+//! cannot send a key), `ops` (`/readyz`, `/metrics`), `admin` (cache invalidation: always a
+//! key with the admin role), `api` (everything else).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::problem::{Kind, Problem};
+use crate::config::{AuthMode, AuthSettings, RateLimitSettings, Role};
+
+/// Who is calling: a key's name, or the client address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Key { name: String, roles: Vec<Role> },
+    Anonymous { addr: Option<std::net::IpAddr> },
+}
+
+impl Identity {
+    /// The rate-limit bucket (never the key itself).
+    fn bucket(&self) -> String {
+        match self {
+            Identity::Key { name, .. } => format!("key:{name}"),
+            Identity::Anonymous { addr: Some(ip) } => format!("ip:{ip}"),
+            Identity::Anonymous { addr: None } => "anonymous".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Public,
+    Ops,
+    Admin,
+    Api,
+}
+
+fn group(method: &Method, path: &str) -> Group {
+    match path {
+        "/" | "/healthz" | "/openapi.yaml" => Group::Public,
+        "/readyz" | "/metrics" => Group::Ops,
+        _ if path.starts_with("/demo/") || path.starts_with("/local/") => Group::Public,
+        _ if *method == Method::DELETE && path.ends_with("/cache") => Group::Admin,
+        _ => Group::Api,
+    }
+}
+
+struct Key {
+    name: String,
+    hash: [u8; 32],
+    roles: Vec<Role>,
+}
+
+pub struct Guard {
+    keys: Vec<Key>,
+    api: AuthMode,
+    ops: AuthMode,
+    limiter: Option<RateLimiter>,
+}
+
+impl Guard {
+    pub fn new(auth: &AuthSettings, rate: &RateLimitSettings) -> Self {
+        let keys = auth
+            .api_keys
+            .iter()
+            .map(|k| {
+                let mut hash = [0u8; 32];
+                for (i, byte) in hash.iter_mut().enumerate() {
+                    *byte = u8::from_str_radix(&k.sha256[2 * i..2 * i + 2], 16)
+                        .expect("validated as hex");
+                }
+                Key {
+                    name: k.name.clone(),
+                    hash,
+                    roles: k.roles.clone(),
+                }
+            })
+            .collect();
+        Self {
+            keys,
+            api: auth.api,
+            ops: auth.ops,
+            limiter: (rate.requests_per_second > 0.0)
+                .then(|| RateLimiter::new(rate.requests_per_second, rate.burst)),
+        }
+    }
+
+    /// The key's holder, comparing the presented key's hash with every configured one in
+    /// constant time (no early exit on the first match either).
+    fn identify(&self, presented: &str) -> Option<&Key> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            let diff = key
+                .hash
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(key);
+            }
+        }
+        found
+    }
+}
+
+/// `x-api-key: KEY` or `Authorization: Bearer KEY`.
+fn presented_key(request: &Request) -> Option<&str> {
+    if let Some(v) = request.headers().get("x-api-key") {
+        return v.to_str().ok();
+    }
+    let auth = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn unauthorized(detail: &str) -> Response {
+    let mut response = Problem::new(Kind::Unauthorized, detail).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"ams-thumbnails\""),
+    );
+    response
+}
+
+pub async fn authenticate(
+    State(guard): State<Arc<Guard>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let group = group(request.method(), request.uri().path());
+    let addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let key = presented_key(&request).map(|k| guard.identify(k));
+    let identity = match key {
+        Some(Some(key)) => Identity::Key {
+            name: key.name.clone(),
+            roles: key.roles.clone(),
+        },
+        // A wrong key is refused even where none is needed: it is a caller's mistake.
+        Some(None) => return unauthorized("the API key is not valid"),
+        None => Identity::Anonymous { addr },
+    };
+    let needed = match group {
+        Group::Public => None,
+        Group::Ops => (guard.ops == AuthMode::ApiKey).then_some(Role::Ops),
+        Group::Api => (guard.api == AuthMode::ApiKey).then_some(Role::Api),
+        Group::Admin => Some(Role::Admin),
+    };
+    if let Some(role) = needed {
+        match &identity {
+            Identity::Anonymous { .. } => {
+                return unauthorized(
+                    "this route needs an API key (x-api-key or Authorization: Bearer)",
+                );
+            }
+            Identity::Key { roles, .. } if !roles.contains(&role) => {
+                return Problem::new(Kind::Forbidden, format!("this key lacks the {role:?} role"))
+                    .into_response();
+            }
+            Identity::Key { .. } => {}
+        }
+    }
+    if group != Group::Public
+        && let Some(limiter) = &guard.limiter
+        && let Err(retry_after) = limiter.check(&identity.bucket())
+    {
+        metrics::counter!("http_requests_rate_limited_total").increment(1);
+        let mut problem = Problem::new(Kind::RateLimited, "too many requests from this client");
+        problem.retry_after = Some(retry_after);
+        return problem.into_response();
+    }
+    if let Identity::Key { name, .. } = &identity {
+        tracing::Span::current().record("client", name.as_str());
+    }
+    request.extensions_mut().insert(identity);
+    next.run(request).await
+}
+
+/// Token buckets per identity: `rate` tokens a second, up to `burst`.
+struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// Buckets not touched for this long are dropped (they would be full again anyway).
+const IDLE: Duration = Duration::from_secs(300);
+/// At most this many clients are tracked; a flood of new addresses evicts idle ones first.
+const MAX_BUCKETS: usize = 100_000;
+
+impl RateLimiter {
+    fn new(rate: f64, burst: u32) -> Self {
+        Self {
+            rate,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    fn check(&self, bucket: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("not poisoned");
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(bucket) {
+            buckets.retain(|_, (_, seen)| now.duration_since(*seen) < IDLE);
+            if buckets.len() >= MAX_BUCKETS {
+                return Err(Duration::from_secs(1));
+            }
+        }
+        let (tokens, last) = buckets
+            .entry(bucket.to_owned())
+            .or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups() {
+        assert_eq!(group(&Method::GET, "/healthz"), Group::Public);
+        assert_eq!(group(&Method::GET, "/local/a/b.jpg"), Group::Public);
+        assert_eq!(group(&Method::GET, "/metrics"), Group::Ops);
+        assert_eq!(group(&Method::DELETE, "/assets/x/cache"), Group::Admin);
+        assert_eq!(group(&Method::GET, "/assets/x/thumbnails"), Group::Api);
+        assert_eq!(group(&Method::POST, "/assets:batchGet"), Group::Api);
+    }
+
+    #[test]
+    fn token_bucket() {
+        let limiter = RateLimiter::new(10.0, 3);
+        for _ in 0..3 {
+            assert!(limiter.check("a").is_ok());
+        }
+        let wait = limiter.check("a").unwrap_err();
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        assert!(limiter.check("b").is_ok(), "buckets are per identity");
+    }
+}

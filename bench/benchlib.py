@@ -12,6 +12,7 @@
     benchlib.py cold-record FILE WALL METRICS_BEFORE METRICS_AFTER NAME COMMAND
     benchlib.py memory-record BASE PID RSS_BEFORE_KIB ENTRIES_MEASURED BODY_BYTES GZIP_BYTES COMMAND
     benchlib.py id-regex COUNT                        # regex for ids 0..COUNT-1 (COUNT = k * 10^d)
+    benchlib.py show < RECORD                          # one record as a progress line
     benchlib.py report RECORDS RESULTS_MD             # result lines: printed and appended
 
 Asset ids are bench-000000, bench-000001, ... (fixed width: every answer has the same size).
@@ -265,11 +266,11 @@ def load_stats(recs: list[dict]) -> str:
     return f"{fmt_int(rps)} req/s (p50 {p50:.2f} ms, p99 {p99:.2f} ms{cpu})"
 
 
-def ratio_row(records: list[dict], a: str, b: str, title: str, target: float) -> tuple[str, str, str, str]:
+def ratio_row(records: list[dict], a: str, b: str, title: str, target: float):
     ra = [r for r in records if r["kind"] == "load" and r["name"] == a]
     rb = [r for r in records if r["kind"] == "load" and r["name"] == b]
     if not ra or not rb:
-        return title, "not run", f">= {target:.2f}", ""
+        return None
     # Paired by round (adjacent runs see the same machine), then the median of the ratios.
     ratios = [x["rps"] / y["rps"] for x, y in zip(ra, rb)]
     ratio = statistics.median(ratios)
@@ -366,6 +367,7 @@ def report(records_path: str, results_md: str) -> None:
                 f"`{r['command']}`",
             )
         )
+    rows = [r for r in rows if r]
     lines = []
     for title, result, target, command in rows:
         cells = [info["date"], info["commit"], info["cores"], title, result, target, command]
@@ -375,7 +377,29 @@ def report(records_path: str, results_md: str) -> None:
             f.write(line + "\n")
     for title, result, target, _ in rows:
         print(f"{title}: {result} [target {target}]")
-    print(f"({info['date']}, commit {info['commit']}, {info['cores']} cores; appended to {results_md})")
+    print(f"({info['date']}, commit {info['commit']}, cores: {info['cores']}; appended to {results_md})")
+
+
+def show() -> None:
+    """Prints the record on stdin as a progress line; fails on a load run with errors."""
+    r = json.loads(sys.stdin.read())
+    if r["kind"] == "load":
+        print(
+            f"bench:   {r['name']:<7} {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+            f"p99 {r['p99_ms']:.2f} ms  {(r['cpu_us_per_req'] or 0):.1f} us CPU/req",
+            file=sys.stderr,
+        )
+        if r["non200"] or r["errors"] or not r["ok"]:
+            raise SystemExit(
+                f"bench: FAILED: {r['name']}: {r['non200']} non-200 answers, errors {r['errors']}"
+            )
+    elif r["kind"] == "cold":
+        print(
+            f"bench:   {r['requests']} requests in {r['wall_s']:.2f} s, p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms; locate {r['locate']:.0f}, list {r['list']:.0f}, "
+            f"loads {r['misses']:.0f}, coalesced {r['coalesced']:.0f}; status {r['codes']}",
+            file=sys.stderr,
+        )
 
 
 def main() -> int:
@@ -403,6 +427,8 @@ def main() -> int:
             memory_record(*args)
         case "id-regex":
             id_regex(int(args[0]))
+        case "show":
+            show()
         case "report":
             report(args[0], args[1])
         case _:

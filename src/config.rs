@@ -260,6 +260,8 @@ impl Default for RecognitionSettings {
                 "{Basename}_{Resolution}_{Index}{Extension}",
                 "{Basename}_{Label}_{Index}{Extension}",
                 "{Basename}_{Index}{Extension}",
+                // MediaKind MK.IO's ThumbnailGeneratorPreset outputs.
+                "{BaseFilename}_{Label}{Index}{Extension}",
             ]
             .into_iter()
             .map(String::from)
@@ -303,6 +305,9 @@ pub enum SourceSettings {
     Storage(StorageSourceSettings),
     /// Azure Media Services metadata through ARM (needs `[credential]`).
     Ams(AmsSourceSettings),
+    /// MediaKind MK.IO metadata through its Media API (token: `source.token`,
+    /// `source.token_file` or the MKIO_TOKEN environment variable).
+    Mkio(crate::source::mkio::MkioSourceSettings),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -791,6 +796,10 @@ impl Settings {
                         "must contain {assetId}".into(),
                     ));
                 }
+                self.validate_azure()?;
+            }
+            SourceSettings::Mkio(mkio) => {
+                mkio.validate()?;
                 self.validate_azure()?;
             }
             SourceSettings::Ams(ams) => {

@@ -287,7 +287,15 @@ fn compile(pattern: &str) -> Result<Pattern, String> {
             return Err(format!("macro {{{name}}} appears twice in {pattern:?}"));
         }
         re.push_str(match name {
-            "Basename" => r"(?P<basename>[^/]+)",
+            // MK.IO names the same macro {BaseFilename}.
+            "Basename" | "BaseFilename" => {
+                if !seen.insert("Basename".to_owned()) && name == "BaseFilename" {
+                    return Err(format!(
+                        "{{Basename}} and {{BaseFilename}} together in {pattern:?}"
+                    ));
+                }
+                r"(?P<basename>[^/]+)"
+            }
             "Index" => r"(?P<index>[0-9]{6,18})",
             "Label" => r"(?P<label>[^_/]+)",
             "Resolution" => r"(?P<width>[0-9]{1,5})x(?P<height>[0-9]{1,5})",

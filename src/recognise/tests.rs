@@ -81,6 +81,23 @@ fn every_default_pattern_is_recognised() {
 }
 
 #[test]
+fn mkio_thumbnail_generator_outputs() {
+    let got = recognise(&[
+        "movie.mp4",
+        "movie_Thumbnail000001.png",
+        "movie_Thumbnail000002.png",
+        "movie_Sprite.vtt",
+    ]);
+    assert_eq!(
+        got,
+        vec![
+            t(1, Some("Thumbnail"), "movie_Thumbnail000001.png"),
+            t(2, Some("Thumbnail"), "movie_Thumbnail000002.png"),
+        ]
+    );
+}
+
+#[test]
 fn basename_with_underscores_is_not_mistaken_for_a_label() {
     // A lone reading "big_buck" + label "bunny" has no sibling label and no known basename.
     let got = recognise(&["big_buck_bunny_000001.jpg", "big_buck_bunny_000002.jpg"]);

@@ -161,6 +161,7 @@ impl Backend {
                 backend.instrumented("storage", "storage", limit, latency)
             }
             SourceSettings::Ams(_) => backend.instrumented("ams", "storage", limit, latency),
+            SourceSettings::Mkio(_) => backend.instrumented("mkio", "storage", limit, latency),
         })
     }
 
@@ -193,6 +194,24 @@ impl Backend {
                     store: azure.store,
                     linker: azure.linker,
                     health: azure.health,
+                    local_root: None,
+                })
+            }
+            SourceSettings::Mkio(mkio_settings) => {
+                let azure = crate::azure::AzureBackend::new(settings)?;
+                let catalog = Arc::new(mkio::MkioCatalog::new(
+                    mkio_settings,
+                    &settings.upstream,
+                    azure.http.clone(),
+                    &settings.storage.account,
+                )?);
+                let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
+                health.extend(azure.health);
+                Ok(Self {
+                    catalog,
+                    store: azure.store,
+                    linker: azure.linker,
+                    health,
                     local_root: None,
                 })
             }

@@ -12,6 +12,7 @@ use ams_thumbnails::source::SourceError;
 use axum::body::Body;
 use axum::http::Request;
 use futures::future::join_all;
+use futures::{StreamExt, stream};
 use http_body_util::BodyExt;
 use support::{TestServer, app_with_probe, assert_problem, settings};
 use tower::ServiceExt;
@@ -287,4 +288,38 @@ async fn capacity_is_bounded_in_bytes() {
     assert!(body_bytes > 10 * max_bytes, "the test overfills the cache");
     assert!(weighted <= max_bytes as u64, "{weighted} > {max_bytes}");
     assert!(entries > 0 && entries < 300, "{entries} entries kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_ids_stays_within_the_memory_budget() {
+    let max_bytes = 32 * 1024;
+    let (app, state, probe) =
+        app_with_probe(settings(&format!("[cache]\nmax_bytes = {max_bytes}\n")));
+    let requests = (0..5000).map(|i| {
+        let app = app.clone();
+        async move {
+            app.oneshot(
+                Request::get(format!(
+                    "/assets/flood-{i:05}-{}/thumbnails",
+                    "x".repeat(200)
+                ))
+                .body(Body::empty())
+                .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+        }
+    });
+    let statuses = stream::iter(requests)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 404));
+    assert_eq!(probe.locates.load(Ordering::SeqCst), 5000);
+    // Negative entries weigh too: the cache holds at most its budget, not 5,000 entries.
+    let weighted = state.resolver.weighted_size().await;
+    let entries = state.resolver.entry_count().await;
+    assert!(weighted <= max_bytes as u64, "{weighted} > {max_bytes}");
+    assert!(entries < 5000 && entries > 0, "{entries}");
 }

@@ -120,6 +120,17 @@ async fn assert_urls_serve_seeded_bytes(w: &World, body: &Value) {
     for t in thumbs {
         let url = t["url"].as_str().unwrap();
         assert!(url.starts_with("https://"), "{url}");
+        if !url.contains("sr=c") {
+            // Default link settings: 1 h lifetime, 5 min skew, https only.
+            support::sas::assert_least_privilege(
+                url,
+                &support::sas::Expect {
+                    allow_http: false,
+                    lifetime: Duration::from_secs(3600),
+                    clock_skew: Duration::from_secs(300),
+                },
+            );
+        }
         let (status, bytes) = get_blob(&w.client, url).await;
         assert_eq!(status, 200, "{url}");
         let name = t["name"].as_str().unwrap();

@@ -83,6 +83,9 @@ pub struct AzureBlobStore {
     access: StorageAccess,
     options: ClientOptions,
     page_size: u32,
+    /// Upper bound on one list or read, retries included: the SDK waits out any
+    /// `Retry-After` before it checks its own budget.
+    deadline: Duration,
 }
 
 impl AzureBlobStore {
@@ -91,12 +94,14 @@ impl AzureBlobStore {
         access: StorageAccess,
         options: ClientOptions,
         page_size: u32,
+        deadline: Duration,
     ) -> Self {
         Self {
             endpoint,
             access,
             options,
             page_size,
+            deadline,
         }
     }
 
@@ -165,6 +170,25 @@ impl AzureBlobStore {
 #[async_trait]
 impl BlobStore for AzureBlobStore {
     async fn list(&self, location: &AssetLocation) -> Result<Vec<BlobEntry>, SourceError> {
+        tokio::time::timeout(self.deadline, self.list_all(location))
+            .await
+            .unwrap_or(Err(SourceError::Timeout { backend: BACKEND }))
+    }
+
+    async fn read(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        limit: usize,
+    ) -> Result<Bytes, SourceError> {
+        tokio::time::timeout(self.deadline, self.read_one(location, name, limit))
+            .await
+            .unwrap_or(Err(SourceError::Timeout { backend: BACKEND }))
+    }
+}
+
+impl AzureBlobStore {
+    async fn list_all(&self, location: &AssetLocation) -> Result<Vec<BlobEntry>, SourceError> {
         let client = self.container_client(location)?;
         let options = BlobContainerClientListBlobsOptions {
             prefix: (!location.prefix.is_empty()).then(|| location.prefix.clone()),
@@ -177,6 +201,9 @@ impl BlobStore for AzureBlobStore {
             .into_pages();
         let mut blobs = Vec::new();
         let mut page_count = 0u64;
+        // A marker seen twice means the listing loops; a name seen twice is listed once.
+        let mut markers = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         while let Some(page) = pages
             .try_next()
             .await
@@ -184,9 +211,17 @@ impl BlobStore for AzureBlobStore {
         {
             page_count += 1;
             let page = page.into_model().map_err(|e| source_error(BACKEND, &e))?;
+            if let Some(marker) = page.next_marker.as_ref().filter(|m| !m.is_empty())
+                && !markers.insert(marker.clone())
+            {
+                return Err(SourceError::Upstream {
+                    backend: BACKEND,
+                    message: "the listing's NextMarker loops".into(),
+                });
+            }
             for item in page.blob_items {
                 let Some(name) = item.name else { continue };
-                if item.deleted == Some(true) {
+                if item.deleted == Some(true) || !names.insert(name.clone()) {
                     continue;
                 }
                 let properties = item.properties.unwrap_or_default();
@@ -213,7 +248,7 @@ impl BlobStore for AzureBlobStore {
         Ok(blobs)
     }
 
-    async fn read(
+    async fn read_one(
         &self,
         location: &AssetLocation,
         name: &str,

@@ -200,6 +200,7 @@ impl AzureBackend {
             access,
             options.clone(),
             settings.storage.page_size,
+            settings.upstream.retry_budget + settings.upstream.timeout,
         ));
         let base = LinkBase::new(endpoint.clone(), settings.links.cdn_base.as_ref());
         let validity = Validity {

@@ -121,6 +121,8 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
 struct Inner {
     /// Assets whose background refresh is running.
     refreshing: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Longest a background refresh may run (the request timeout).
+    refresh_deadline: Duration,
     cache: Cache<Arc<str>, Entry>,
     backend: Backend,
     recogniser: Recogniser,
@@ -223,7 +225,11 @@ impl Resolver {
         let inner = self.inner.clone();
         let id = id.clone();
         tokio::spawn(async move {
-            match inner.load(&id).await {
+            // No request waits on a refresh, so no request timeout bounds it: this does.
+            let loaded = tokio::time::timeout(inner.refresh_deadline, inner.load(&id))
+                .await
+                .unwrap_or(Err(SourceError::Timeout { backend: "refresh" }));
+            match loaded {
                 Ok(fresh) => {
                     inner
                         .cache
@@ -301,6 +307,7 @@ impl Inner {
             .build();
         Self {
             refreshing: Default::default(),
+            refresh_deadline: settings.server.request_timeout,
             cache,
             backend,
             recogniser,

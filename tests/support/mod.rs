@@ -8,6 +8,7 @@ pub mod fake_entra;
 pub mod fake_mkio;
 pub mod fault_proxy;
 pub mod logs;
+pub mod sas;
 pub mod seed;
 pub mod tls;
 

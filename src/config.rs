@@ -138,6 +138,9 @@ pub struct AuthSettings {
     /// `/readyz` and `/metrics` (`/healthz` is always open).
     pub ops: AuthMode,
     pub api_keys: Vec<ApiKeySettings>,
+    /// Entra ID bearer tokens accepted beside the API keys; unset: API keys only. With it,
+    /// `api-key` on a group means "an API key or a token with the group's role".
+    pub jwt: Option<crate::http::auth::JwtSettings>,
     /// Start even though signed URLs are handed out to anyone who asks (no `auth.api`).
     pub allow_anonymous_signed_urls: bool,
 }
@@ -688,16 +691,26 @@ impl Settings {
                 ));
             }
         }
+        if let Some(jwt) = &self.auth.jwt {
+            jwt.check("auth.jwt")
+                .map_err(|(key, message)| invalid(&key, message))?;
+            // The JWKS is fetched with the upstream client: a bad upstream.ca_file fails here.
+            crate::azure::http_client(&self.upstream)?;
+        }
         for (mode, role, key) in [
             (self.auth.api, Role::Api, "auth.api"),
             (self.auth.ops, Role::Ops, "auth.ops"),
         ] {
             if mode == AuthMode::ApiKey
                 && !self.auth.api_keys.iter().any(|k| k.roles.contains(&role))
+                && !self.auth.jwt.as_ref().is_some_and(|jwt| jwt.grants(role))
             {
                 return Err(invalid(
                     key,
-                    format!("is \"api-key\" but no key in auth.api_keys has the role {role:?}"),
+                    format!(
+                        "is \"api-key\" but no key in auth.api_keys has the role {role:?} \
+                         (nor does auth.jwt grant it)"
+                    ),
                 ));
             }
         }

@@ -1,9 +1,16 @@
 //! Who may call what: API keys (stored as SHA-256, compared in constant time, several active
-//! for rotation) per route group, and a per-identity rate limit.
+//! for rotation) and, when `auth.jwt` is set, Entra ID bearer tokens ([`jwt`]) per route group,
+//! and a per-identity rate limit.
 //!
 //! Groups: `public` (the demo page, the spec, `/healthz`, local sample files — an `<img>`
 //! cannot send a key), `ops` (`/readyz`, `/metrics`), `admin` (cache invalidation: always a
-//! key with the admin role), `api` (everything else).
+//! key or token with the admin role), `api` (everything else).
+//!
+//! `auth.api = "api-key"` (likewise `auth.ops`) means "a credential with the group's role is
+//! required": an API key, or, when `auth.jwt` is configured, an Entra ID token whose app roles
+//! or scopes map to that role. `Authorization: Bearer X` is an API key when X is one; else, when
+//! `auth.jwt` is configured and X has the JWT form (three base64url parts), it is validated as
+//! a token; else it is a wrong key. `x-api-key` is always a key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,18 +26,33 @@ use sha2::{Digest, Sha256};
 use super::problem::{Kind, Problem};
 use crate::config::{AuthMode, AuthSettings, RateLimitSettings, Role};
 
-/// Who is calling: a key's name, or the client address.
+#[path = "jwt.rs"]
+pub mod jwt;
+pub use jwt::{Claims, JwtError, JwtSettings, JwtValidator};
+
+/// Who is calling: a key's name, a token's subject, or the client address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
-    Key { name: String, roles: Vec<Role> },
-    Anonymous { addr: Option<std::net::IpAddr> },
+    Key {
+        name: String,
+        roles: Vec<Role>,
+    },
+    /// A valid Entra ID token: its `oid` (else `sub`) and the roles its claims map to.
+    Token {
+        subject: String,
+        roles: Vec<Role>,
+    },
+    Anonymous {
+        addr: Option<std::net::IpAddr>,
+    },
 }
 
 impl Identity {
-    /// The rate-limit bucket (never the key itself).
+    /// The rate-limit bucket (never the key or token itself).
     fn bucket(&self) -> String {
         match self {
             Identity::Key { name, .. } => format!("key:{name}"),
+            Identity::Token { subject, .. } => format!("sub:{subject}"),
             Identity::Anonymous { addr: Some(ip) } => format!("ip:{ip}"),
             Identity::Anonymous { addr: None } => "anonymous".into(),
         }
@@ -63,13 +85,24 @@ struct Key {
 
 pub struct Guard {
     keys: Vec<Key>,
+    jwt: Option<JwtValidator>,
     api: AuthMode,
     ops: AuthMode,
     limiter: Option<RateLimiter>,
 }
 
 impl Guard {
+    /// API keys only.
     pub fn new(auth: &AuthSettings, rate: &RateLimitSettings) -> Self {
+        Self::with_jwt(auth, rate, None)
+    }
+
+    /// API keys, and Entra ID bearer tokens when `jwt` is given.
+    pub fn with_jwt(
+        auth: &AuthSettings,
+        rate: &RateLimitSettings,
+        jwt: Option<JwtValidator>,
+    ) -> Self {
         let keys = auth
             .api_keys
             .iter()
@@ -88,6 +121,7 @@ impl Guard {
             .collect();
         Self {
             keys,
+            jwt,
             api: auth.api,
             ops: auth.ops,
             limiter: (rate.requests_per_second > 0.0)
@@ -137,6 +171,45 @@ fn unauthorized(detail: &str) -> Response {
     response
 }
 
+/// RFC 6750 challenge for a token that was refused (`error` is `invalid_token` or
+/// `insufficient_scope`); `description` is one of the fixed, token-free reasons.
+fn bearer_challenge(mut response: Response, error: &str, description: &str) -> Response {
+    let value = format!(
+        "Bearer realm=\"ams-thumbnails\", error=\"{error}\", error_description=\"{description}\""
+    );
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// What the caller presented.
+enum Credential<'a> {
+    None,
+    Key(&'a str),
+    Token(&'a str),
+}
+
+impl Guard {
+    fn credential<'a>(&self, request: &'a Request) -> Credential<'a> {
+        let bearer = request.headers().get("x-api-key").is_none();
+        match presented_key(request) {
+            None => Credential::None,
+            Some(value)
+                if bearer
+                    && self.jwt.is_some()
+                    && jwt::looks_like_jwt(value)
+                    && self.identify(value).is_none() =>
+            {
+                Credential::Token(value)
+            }
+            Some(value) => Credential::Key(value),
+        }
+    }
+}
+
 pub async fn authenticate(
     State(guard): State<Arc<Guard>>,
     mut request: Request,
@@ -147,15 +220,49 @@ pub async fn authenticate(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let key = presented_key(&request).map(|k| guard.identify(k));
-    let identity = match key {
-        Some(Some(key)) => Identity::Key {
-            name: key.name.clone(),
-            roles: key.roles.clone(),
+    let identity = match guard.credential(&request) {
+        Credential::Key(presented) => match guard.identify(presented) {
+            Some(key) => Identity::Key {
+                name: key.name.clone(),
+                roles: key.roles.clone(),
+            },
+            // A wrong key is refused even where none is needed: it is a caller's mistake.
+            None => return unauthorized("the API key is not valid"),
         },
-        // A wrong key is refused even where none is needed: it is a caller's mistake.
-        Some(None) => return unauthorized("the API key is not valid"),
-        None => Identity::Anonymous { addr },
+        Credential::Token(token) => {
+            let validator = guard
+                .jwt
+                .as_ref()
+                .expect("tokens only when JWT is configured");
+            match validator.validate(token).await {
+                Ok(claims) => Identity::Token {
+                    subject: claims.subject,
+                    roles: claims.roles,
+                },
+                // Like a wrong key: refused even where no credential is needed.
+                Err(JwtError::Invalid(reason)) => {
+                    tracing::info!(reason, "bearer token refused");
+                    return bearer_challenge(
+                        Problem::new(
+                            Kind::Unauthorized,
+                            format!("the bearer token is not valid: {reason}"),
+                        )
+                        .into_response(),
+                        "invalid_token",
+                        reason,
+                    );
+                }
+                Err(JwtError::Unavailable(why)) => {
+                    tracing::warn!(error = %why, "bearer token not checked: no signing keys");
+                    return Problem::new(
+                        Kind::UpstreamUnavailable,
+                        "the token issuer's signing keys cannot be fetched; try again later",
+                    )
+                    .into_response();
+                }
+            }
+        }
+        Credential::None => Identity::Anonymous { addr },
     };
     let needed = match group {
         Group::Public => None,
@@ -165,6 +272,12 @@ pub async fn authenticate(
     };
     if let Some(role) = needed {
         match &identity {
+            Identity::Anonymous { .. } if guard.jwt.is_some() => {
+                return unauthorized(
+                    "this route needs an API key (x-api-key or Authorization: Bearer) or an \
+                     Entra ID bearer token",
+                );
+            }
             Identity::Anonymous { .. } => {
                 return unauthorized(
                     "this route needs an API key (x-api-key or Authorization: Bearer)",
@@ -174,7 +287,19 @@ pub async fn authenticate(
                 return Problem::new(Kind::Forbidden, format!("this key lacks the {role:?} role"))
                     .into_response();
             }
-            Identity::Key { .. } => {}
+            Identity::Token { roles, .. } if !roles.contains(&role) => {
+                let response = Problem::new(
+                    Kind::Forbidden,
+                    format!("this token's roles and scopes do not grant the {role:?} role"),
+                )
+                .into_response();
+                return bearer_challenge(
+                    response,
+                    "insufficient_scope",
+                    "the token does not grant this route's role",
+                );
+            }
+            Identity::Key { .. } | Identity::Token { .. } => {}
         }
     }
     if group != Group::Public
@@ -186,8 +311,14 @@ pub async fn authenticate(
         problem.retry_after = Some(retry_after);
         return problem.into_response();
     }
-    if let Identity::Key { name, .. } = &identity {
-        tracing::Span::current().record("client", name.as_str());
+    match &identity {
+        Identity::Key { name, .. } => {
+            tracing::Span::current().record("client", name.as_str());
+        }
+        Identity::Token { subject, .. } => {
+            tracing::Span::current().record("client", subject.as_str());
+        }
+        Identity::Anonymous { .. } => {}
     }
     request.extensions_mut().insert(identity);
     next.run(request).await

@@ -172,9 +172,15 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.settings.server.request_timeout;
     let cors = cors_layer(&state.settings.api.cors_allowed_origins);
     let admission = Arc::new(Admission::new(&state.settings.server));
-    let guard = Arc::new(auth::Guard::new(
+    let jwt = state.settings.auth.jwt.clone().map(|jwt| {
+        let http = crate::azure::http_client(&state.settings.upstream)
+            .expect("the JWKS client builds (checked by Settings::validate)");
+        auth::JwtValidator::new(jwt, http)
+    });
+    let guard = Arc::new(auth::Guard::with_jwt(
         &state.settings.auth,
         &state.settings.rate_limit,
+        jwt,
     ));
     crate::metrics::handle();
     router

@@ -5,6 +5,7 @@
 pub mod azurite;
 pub mod fake_arm;
 pub mod fake_entra;
+pub mod fake_jwks;
 pub mod fake_mkio;
 pub mod fault_proxy;
 pub mod logs;

@@ -3,7 +3,7 @@
 
     benchlib.py freeport
     benchlib.py wait-http URL SECONDS
-    benchlib.py warm BASE FIRST COUNT [THREADS]      # POST /assets:batchGet, 100 ids a request
+    benchlib.py warm BASE FIRST COUNT [THREADS [SIZE]]  # POST /assets:batchGet, SIZE (100) ids a request
     benchlib.py metrics BASE                          # selected counters as JSON
     benchlib.py cpu PID...                            # CPU seconds (user+system) of processes
     benchlib.py rss PID                               # VmRSS in KiB
@@ -60,27 +60,30 @@ def wait_http(url: str, seconds: float) -> None:
             time.sleep(0.1)
 
 
-def warm(base: str, first: int, count: int, threads: int = 4) -> None:
-    """Loads ids [first, first+count) once each through POST /assets:batchGet; every one must
-    answer 200."""
+def warm(base: str, first: int, count: int, threads: int = 4, size: int = 100) -> None:
+    """Loads ids [first, first+count) once each through POST /assets:batchGet (SIZE ids a
+    request, THREADS requests at once); every one must answer 200."""
     started = time.monotonic()
 
     def batch(start: int) -> int:
-        ids = [asset_id(i) for i in range(start, min(start + 100, first + count))]
+        ids = [asset_id(i) for i in range(start, min(start + size, first + count))]
         request = urllib.request.Request(
             f"{base}/assets:batchGet",
             data=json.dumps({"assetIds": ids}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=120) as r:
-            results = json.load(r)["results"]
+        try:
+            with urllib.request.urlopen(request, timeout=600) as r:
+                results = json.load(r)["results"]
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"benchlib warm: {base}/assets:batchGet answered {e.code}: {e.read()[:300]!r}")
         bad = [x for x in results if x["status"] != 200]
         if bad:
             raise SystemExit(f"benchlib warm: {len(bad)} ids failed, e.g. {json.dumps(bad[0])[:400]}")
         return len(results)
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        done = sum(pool.map(batch, range(first, first + count, 100)))
+        done = sum(pool.map(batch, range(first, first + count, size)))
     print(f"{done} {time.monotonic() - started:.1f}")
 
 
@@ -410,7 +413,7 @@ def main() -> int:
         case "wait-http":
             wait_http(args[0], float(args[1]))
         case "warm":
-            warm(args[0], int(args[1]), int(args[2]), int(args[3]) if len(args) > 3 else 4)
+            warm(args[0], int(args[1]), int(args[2]), *(int(a) for a in args[3:5]))
         case "metrics":
             metrics(args[0])
         case "cpu":

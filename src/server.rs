@@ -71,12 +71,24 @@ impl Server {
             );
             let _ = started_tx.send(());
         };
+        // Histogram samples are kept until upkeep runs; without a scrape they would pile up.
+        let upkeep = tokio::spawn(async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                crate::metrics::handle().run_upkeep();
+            }
+        });
         let serve = axum::serve(
             self.listener,
             app(self.state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(signal);
-        let mut task = tokio::spawn(async move { serve.await });
+        let mut task = tokio::spawn(async move {
+            let result = serve.await;
+            upkeep.abort();
+            result
+        });
         tokio::select! {
             result = &mut task => return result.map_err(std::io::Error::other)?,
             _ = started_rx => {}

@@ -182,10 +182,14 @@ impl Resolver {
                 let loaded_here = std::sync::atomic::AtomicBool::new(false);
                 let result = inner
                     .cache
-                    .try_get_with(id.key(), async {
-                        loaded_here.store(true, Ordering::Relaxed);
-                        inner.load(id).await
-                    })
+                    // Boxed: the miss path must not make every hit's future large.
+                    .try_get_with(
+                        id.key(),
+                        Box::pin(async {
+                            loaded_here.store(true, Ordering::Relaxed);
+                            inner.load(id).await
+                        }),
+                    )
                     .await;
                 if loaded_here.load(Ordering::Relaxed) {
                     metrics::counter!("cache_misses_total").increment(1);

@@ -17,8 +17,14 @@ fuzz_target!(|data: &[u8]| {
     let s = id.as_str();
     assert_eq!(s, raw, "an accepted id is kept as given");
     let len = s.chars().count();
-    assert!((1..=MAX_LEN).contains(&len), "accepted an id of {len} characters");
-    assert!(!s.chars().any(char::is_control), "accepted a control character");
+    assert!(
+        (1..=MAX_LEN).contains(&len),
+        "accepted an id of {len} characters"
+    );
+    assert!(
+        !s.chars().any(char::is_control),
+        "accepted a control character"
+    );
     assert!(!s.contains(FORBIDDEN), "accepted a forbidden character");
     assert_eq!(s.trim(), s, "accepted outer white space");
     assert_eq!(id.to_string(), s);

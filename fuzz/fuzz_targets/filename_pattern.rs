@@ -69,16 +69,31 @@ fuzz_target!(|data: &[u8]| {
     let found = recogniser.recognise(&blobs, &storyboards);
 
     if let Some(sb) = &found.storyboard {
-        assert!(blobs.contains(&sb.sprite), "storyboard sprite not among the blobs");
+        assert!(
+            blobs.contains(&sb.sprite),
+            "storyboard sprite not among the blobs"
+        );
     }
     let sprite = found.storyboard.as_ref().map(|sb| sb.sprite.name.as_str());
     for t in &found.thumbnails {
         assert!(t.index >= 1, "index {} of {:?}", t.index, t.blob.name);
         assert!(blobs.contains(&t.blob), "{:?} is not a blob", t.blob.name);
-        assert!(recogniser.is_image(&t.blob.name), "{:?} is not an image", t.blob.name);
-        assert_ne!(Some(t.blob.name.as_str()), sprite, "the sprite listed as a thumbnail");
+        assert!(
+            recogniser.is_image(&t.blob.name),
+            "{:?} is not an image",
+            t.blob.name
+        );
+        assert_ne!(
+            Some(t.blob.name.as_str()),
+            sprite,
+            "the sprite listed as a thumbnail"
+        );
         if let Some(time) = t.time {
-            assert!(time.is_finite() && time >= 0.0, "time {time} of {:?}", t.blob.name);
+            assert!(
+                time.is_finite() && time >= 0.0,
+                "time {time} of {:?}",
+                t.blob.name
+            );
         }
     }
     assert!(

@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or_else(|| panic!("sprite {:?} outside {folder:?}", sb.sprite_name));
     assert!(!rest.is_empty(), "empty sprite name");
     for tile in &sb.tiles {
-        assert!(tile.start.is_finite() && tile.start >= 0.0, "start {}", tile.start);
+        assert!(
+            tile.start.is_finite() && tile.start >= 0.0,
+            "start {}",
+            tile.start
+        );
         assert!(tile.end.is_finite() && tile.end >= 0.0, "end {}", tile.end);
     }
 });

@@ -43,6 +43,8 @@ pub struct Settings {
     pub credential: Option<CredentialSettings>,
     /// Timeouts, retries and trust for every outbound call.
     pub upstream: UpstreamSettings,
+    /// Thumbnail generation through the backend's encoder (sources `ams` and `mkio`).
+    pub jobs: crate::jobs::JobSettings,
     /// Benchmark aids (bench/run); off by default.
     pub bench: BenchSettings,
 }
@@ -676,6 +678,7 @@ impl Settings {
             key: key.into(),
             message,
         };
+        self.jobs.validate()?;
         for (i, key) in self.auth.api_keys.iter().enumerate() {
             if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid(

@@ -8,6 +8,7 @@ pub mod asset_id;
 pub mod azure;
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod recognise;

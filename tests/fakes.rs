@@ -1,5 +1,6 @@
-//! Proves the test fakes (tests/support/fake_entra.rs, tests/support/fake_arm.rs) behave like
-//! the services they stand in for, so tests built on them test the service, not the fakes.
+//! Proves the test fakes (tests/support/fake_entra.rs, tests/support/fake_arm.rs, and the
+//! encoding half of fake_arm.rs / fake_mkio.rs in tests/support/fake_encoder.rs) behave like the
+//! services they stand in for, so tests built on them test the service, not the fakes.
 
 mod support;
 
@@ -7,9 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::azurite::Azurite;
 use support::fake_arm::{self, ArmFault, ArmOp, FakeArm, FakeAsset};
+use support::fake_encoder::{
+    self, ImageKind, JobOutcome, OutputSink, PatternValues, WriteRefusal, expand_filename_pattern,
+};
 use support::fake_entra::{self, EntraFault, FakeEntra, TokenForm};
-use support::tls;
+use support::fake_mkio::{self, FakeMkio, MkioFault, MkioOp};
+use support::{seed, tls};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
@@ -899,4 +905,1376 @@ async fn arm_router_serves_over_plain_http_with_next_links_to_the_set_base() {
         .unwrap();
     assert_eq!(body["value"][0]["name"], "asset-01");
     assert!(body.get("@odata.nextLink").is_none());
+}
+
+// ------------------------------------------------------------------------------------------
+// Encoding (tests/support/fake_encoder.rs): the shared rules
+// ------------------------------------------------------------------------------------------
+
+#[test]
+fn encoder_filename_patterns_expand_the_swagger_macros_and_collapse_the_rest() {
+    let values = PatternValues {
+        basename: "ocean",
+        label: "big",
+        index: 7,
+        extension: ".jpg",
+        resolution: "640x360",
+    };
+    assert_eq!(
+        expand_filename_pattern("{Basename}_{Label}_{Index}{Extension}", &values),
+        "ocean_big_000007.jpg"
+    );
+    assert_eq!(
+        expand_filename_pattern("Thumbnail-{Basename}-{Index}{Extension}", &values),
+        "Thumbnail-ocean-000007.jpg"
+    );
+    // Unsubstituted macros collapse (swagger Format.filenamePattern), known ones in any case.
+    assert_eq!(
+        expand_filename_pattern(
+            "{basename}-{Bitrate}{Codec}-{Resolution}{EXTENSION}",
+            &values
+        ),
+        "ocean--640x360.jpg"
+    );
+    assert_eq!(
+        fake_encoder::mkio_image_name("video", "Sprite", 1, ".jpg"),
+        "video_Sprite000001.jpg"
+    );
+    assert_eq!(
+        fake_encoder::mkio_vtt_name("video", "Sprite"),
+        "video_Sprite.vtt"
+    );
+    let long = format!("{}.mp4", "x".repeat(80));
+    assert_eq!(fake_encoder::video_basename(&long, 32).len(), 32);
+    assert_eq!(fake_encoder::video_basename(&long, 64).len(), 64);
+    assert_eq!(
+        fake_encoder::video_basename("incoming/ocean_960x540_1500.mp4", 32),
+        "ocean_960x540_1500"
+    );
+    assert!(fake_encoder::is_video("a/b.MP4") && !fake_encoder::is_video("ocean.ism"));
+}
+
+#[test]
+fn encoder_times_follow_start_step_range_over_the_notional_duration() {
+    use fake_encoder::{TimeSyntax, TimeValue, parse_time_value, thumbnail_times};
+    let ams = |t: &str| parse_time_value(t, TimeSyntax::Ams { best: true }).unwrap();
+    assert_eq!(
+        fake_encoder::parse_iso8601_duration("PT1M30S"),
+        Some(90_000)
+    );
+    assert_eq!(fake_encoder::parse_iso8601_duration("PT0.5S"), Some(500));
+    assert_eq!(fake_encoder::parse_iso8601_duration("PT05S"), Some(5_000));
+    assert_eq!(
+        fake_encoder::parse_iso8601_duration("P1DT1H"),
+        Some(90_000_000)
+    );
+    for bad in ["P", "PT", "PTS", "PT5", "5S", "PT5S5M"] {
+        assert_eq!(fake_encoder::parse_iso8601_duration(bad), None, "{bad}");
+    }
+    assert_eq!(ams("10%"), TimeValue::Percent(10.0));
+    assert_eq!(ams("{Best}"), TimeValue::Best);
+    assert_eq!(ams("1"), TimeValue::Frames(1));
+    assert!(parse_time_value("1", TimeSyntax::Mkio { one: false }).is_err());
+    assert!(parse_time_value("soon", TimeSyntax::Ams { best: true }).is_err());
+
+    let secs = |v: Vec<u64>| {
+        v.into_iter()
+            .map(|ms| ms as f64 / 1000.0)
+            .collect::<Vec<_>>()
+    };
+    // PT5S every PT10S to the end of 60 s.
+    assert_eq!(
+        secs(thumbnail_times(
+            ams("PT5S"),
+            Some(ams("PT10S")),
+            Some(ams("100%")),
+            60
+        )),
+        [5.0, 15.0, 25.0, 35.0, 45.0, 55.0]
+    );
+    // 10% .. +90% every PT30S (MK.IO docs "multiple thumbnails"): 6 s and 36 s.
+    assert_eq!(
+        secs(thumbnail_times(
+            ams("10%"),
+            Some(ams("PT30S")),
+            Some(ams("90%")),
+            60
+        )),
+        [6.0, 36.0]
+    );
+    // No step, range "1", {Best}: one image.
+    assert_eq!(thumbnail_times(ams("PT10S"), None, None, 60), [10_000]);
+    assert_eq!(
+        thumbnail_times(ams("PT10S"), Some(ams("PT1S")), Some(ams("1")), 60),
+        [10_000]
+    );
+    assert_eq!(
+        thumbnail_times(ams("{Best}"), Some(ams("25%")), Some(ams("80%")), 60),
+        [0]
+    );
+    // Step 1% of 60 s over 100%: 100 images; PT0.1S would be 600, capped at 100.
+    assert_eq!(
+        thumbnail_times(ams("PT0S"), Some(ams("1%")), Some(ams("100%")), 60).len(),
+        100
+    );
+    assert_eq!(
+        thumbnail_times(ams("PT0S"), Some(ams("PT0.1S")), None, 60).len(),
+        100
+    );
+    // A start past the end still gives one image.
+    assert_eq!(
+        thumbnail_times(ams("PT90S"), Some(ams("PT1S")), None, 60),
+        [90_000]
+    );
+}
+
+#[test]
+fn encoder_job_runs_advance_one_step_per_get() {
+    use fake_encoder::{Advance, JobRun, JobState};
+    let mut run = JobRun::new(2, JobOutcome::Finish);
+    assert_eq!((run.state, run.progress), (JobState::Queued, 0));
+    assert_eq!(run.advance(), Advance::Done);
+    assert_eq!((run.state, run.progress), (JobState::Processing, 50));
+    assert!(run.start_time.is_some() && run.end_time.is_none());
+    assert_eq!(run.advance(), Advance::Final(JobOutcome::Finish));
+    run.finish();
+    assert_eq!((run.state, run.progress), (JobState::Finished, 100));
+    assert_eq!(run.advance(), Advance::Done);
+    assert_eq!(run.state, JobState::Finished);
+
+    let mut run = JobRun::new(4, JobOutcome::Finish);
+    let mut seen = Vec::new();
+    while run.advance() == Advance::Done {
+        seen.push((run.state, run.progress));
+    }
+    assert_eq!(
+        seen,
+        [
+            (JobState::Scheduled, 0),
+            (JobState::Processing, 33),
+            (JobState::Processing, 66)
+        ]
+    );
+    let mut run = JobRun::new(
+        1,
+        JobOutcome::fail("ServiceError", "boom", "Service", "MayRetry"),
+    );
+    let Advance::Final(outcome) = run.advance() else {
+        panic!("one step ends the run")
+    };
+    run.fail(&outcome);
+    assert_eq!(run.state, JobState::Error);
+    assert_eq!(run.failure.unwrap().code, "ServiceError");
+}
+
+// ------------------------------------------------------------------------------------------
+// Encoding: helpers
+// ------------------------------------------------------------------------------------------
+
+async fn put_json(url: &str, token: &str, body: &Value) -> reqwest::Response {
+    https_client()
+        .put(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("PUT request")
+}
+
+fn sink_of(az: &Azurite) -> OutputSink {
+    OutputSink {
+        blob_endpoint: az.blob_endpoint.clone(),
+    }
+}
+
+/// Every blob name in the container (under `prefix`), sorted.
+async fn blob_names(az: &Azurite, container: &str, prefix: &str) -> Vec<String> {
+    let mut names = sink_of(az)
+        .list_blobs(container, prefix)
+        .await
+        .expect("List Blobs")
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A blob's bytes and content type, read back through a SAS URL (seed helpers).
+async fn read_blob(az: &Azurite, container: &str, name: &str) -> (String, Vec<u8>) {
+    let response = reqwest::Client::new()
+        .get(seed::blob_url_with_sas(az, container, name))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{container}/{name}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (content_type, response.bytes().await.unwrap().to_vec())
+}
+
+fn sample(kind: ImageKind) -> Vec<u8> {
+    std::fs::read(kind.sample_path()).unwrap()
+}
+
+/// Drops time-dependent values so that an answer compares with its example.
+fn without_times(mut v: Value) -> Value {
+    for key in ["created", "lastModified"] {
+        if v["properties"].get(key).is_some() {
+            v["properties"][key] = json!("T");
+        }
+    }
+    if let Some(data) = v.get_mut("systemData").and_then(Value::as_object_mut) {
+        for key in ["createdAt", "lastModifiedAt"] {
+            data.insert(key.into(), json!("T"));
+        }
+    }
+    v
+}
+
+/// A StandardEncoderPreset with three thumbnail codecs: six JPEGs (PT5S every PT10S), one PNG
+/// ({Best}) and a 5-column JPEG sprite (every 10%, 160x90 tiles, label "sprite").
+fn ams_thumbnail_transform() -> Value {
+    json!({ "properties": {
+        "description": "thumbnails",
+        "outputs": [{ "preset": {
+            "@odata.type": "#Microsoft.Media.StandardEncoderPreset",
+            "codecs": [
+                { "@odata.type": "#Microsoft.Media.JpgImage", "start": "PT5S", "step": "PT10S",
+                  "range": "100%", "layers": [{ "width": "640", "height": "360", "quality": 80 }] },
+                { "@odata.type": "#Microsoft.Media.PngImage", "start": "{Best}", "step": "25%",
+                  "range": "80%", "layers": [{ "width": "50%", "height": "50%" }] },
+                { "@odata.type": "#Microsoft.Media.JpgImage", "label": "sprite", "start": "PT0S",
+                  "step": "10%", "range": "100%", "spriteColumn": 5,
+                  "layers": [{ "width": "160", "height": "90" }] }
+            ],
+            "formats": [
+                { "@odata.type": "#Microsoft.Media.JpgFormat",
+                  "filenamePattern": "{Basename}_{Label}{Index}{Extension}" },
+                { "@odata.type": "#Microsoft.Media.PngFormat",
+                  "filenamePattern": "Thumbnail-{Basename}-{Index}{Extension}" }
+            ]
+        }}]
+    }})
+}
+
+fn job_body(input: &str, output: &str) -> Value {
+    json!({ "properties": {
+        "input": { "@odata.type": "#Microsoft.Media.JobInputAsset", "assetName": input },
+        "outputs": [{ "@odata.type": "#Microsoft.Media.JobOutputAsset", "assetName": output }],
+        "correlationData": { "request": "r-1" }
+    }})
+}
+
+// ------------------------------------------------------------------------------------------
+// Encoding: fake ARM
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn arm_transform_put_is_201_then_200_shaped_like_the_example() {
+    let (arm, token) = arm().await;
+    let example = fake_arm::load_example("transforms-create.json");
+    let request = &example["parameters"]["parameters"];
+    let name = example["parameters"]["transformName"].as_str().unwrap();
+
+    let response = put_json(&arm.transform_url(name), &token, request).await;
+    assert_eq!(response.status(), 201);
+    let body = json_of(response).await;
+    let mut expected = example["responses"]["201"]["body"].clone();
+    expected["id"] = json!(format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaservices/{}/transforms/{name}",
+        arm.subscription_id(),
+        arm.resource_group(),
+        arm.account()
+    ));
+    assert_eq!(without_times(body.clone()), without_times(expected.clone()));
+    assert!(
+        body["properties"]["created"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(arm.transform(name).unwrap(), request["properties"]);
+
+    let response = put_json(&arm.transform_url(name), &token, request).await;
+    assert_eq!(response.status(), 200);
+    let again = json_of(response).await;
+    assert_eq!(without_times(again.clone()), without_times(expected));
+    assert_eq!(
+        again["properties"]["created"],
+        body["properties"]["created"]
+    );
+
+    // The docs' thumbnail transform (PngImage + PngFormat, with an Mp4Format beside it) is
+    // stored as sent, the outputs' defaults filled in the answer.
+    let docs = fake_arm::load_example("docs-transform-generate-thumbnails-rest.json");
+    let response = put_json(&arm.transform_url("thumbs"), &token, &docs).await;
+    assert_eq!(response.status(), 201);
+    let body = json_of(response).await;
+    assert_eq!(
+        body["properties"]["outputs"][0]["preset"],
+        docs["properties"]["outputs"][0]["preset"]
+    );
+    assert_eq!(arm.transform("THUMBS").unwrap(), docs["properties"]);
+    let response = put_json(&arm.transform_url("t2"), &token, &ams_thumbnail_transform()).await;
+    assert_eq!(response.status(), 201);
+    let body = json_of(response).await;
+    assert_eq!(
+        body["properties"]["outputs"][0]["onError"],
+        "StopProcessingJob"
+    );
+    assert_eq!(
+        body["properties"]["outputs"][0]["relativePriority"],
+        "Normal"
+    );
+    assert_eq!(arm.hits(ArmOp::PutTransform), 4);
+}
+
+#[tokio::test]
+async fn arm_transform_put_rejects_bad_presets_naming_the_field() {
+    let (arm, token) = arm().await;
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(Mutation, &str)> = vec![
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["codecs"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("start");
+            }),
+            "codecs[0].start",
+        ),
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["codecs"][1]["step"] = json!("soon")
+            }),
+            "codecs[1].step",
+        ),
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["codecs"][0]["@odata.type"] =
+                    json!("#Microsoft.Media.H264Video")
+            }),
+            "codecs[0].@odata.type",
+        ),
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["codecs"][1]["spriteColumn"] = json!(4)
+            }),
+            "codecs[1].spriteColumn",
+        ),
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["codecs"][0]["layers"][0]["quality"] =
+                    json!(101)
+            }),
+            "layers[0].quality",
+        ),
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["formats"][1]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("filenamePattern");
+            }),
+            "formats[1].filenamePattern",
+        ),
+        (
+            Box::new(|t| {
+                t["properties"]["outputs"][0]["preset"]["formats"]
+                    .as_array_mut()
+                    .unwrap()
+                    .remove(1);
+            }),
+            "formats has no #Microsoft.Media.PngFormat",
+        ),
+        (
+            Box::new(|t| t["properties"]["outputs"][0]["preset"]["@odata.type"] = json!("#Nope")),
+            "preset.@odata.type",
+        ),
+        (
+            Box::new(|t| t["properties"]["outputs"] = json!([])),
+            "properties.outputs",
+        ),
+    ];
+    for (mutate, field) in cases {
+        let mut body = ams_thumbnail_transform();
+        mutate(&mut body);
+        let response = put_json(&arm.transform_url("bad"), &token, &body).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let error = json_of(response).await;
+        assert_eq!(error["error"]["code"], "BadRequest", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{field}: {message}");
+    }
+    assert!(arm.transform("bad").is_none());
+
+    // Not JSON, wrong api-version (assets' one), no token.
+    let response = https_client()
+        .put(arm.transform_url("bad"))
+        .bearer_auth(&token)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(arm_error_code(response).await, "InvalidRequestContent");
+    let url = arm.transform_url("x").replace("2022-07-01", "2023-01-01");
+    let response = put_json(&url, &token, &ams_thumbnail_transform()).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(arm_error_code(response).await, "InvalidApiVersionParameter");
+    let response = https_client()
+        .put(arm.transform_url("x"))
+        .json(&ams_thumbnail_transform())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(arm.transform("x").is_none());
+}
+
+#[tokio::test]
+async fn arm_asset_put_creates_an_asset_that_assets_get_returns() {
+    let (arm, token) = arm().await;
+    let example = fake_arm::load_example("assets-create.json");
+    let name = example["parameters"]["assetName"].as_str().unwrap();
+    let request = &example["parameters"]["parameters"];
+
+    let response = put_json(&arm.asset_url(name), &token, request).await;
+    assert_eq!(response.status(), 201);
+    let created = json_of(response).await;
+    let asset = arm.asset(name).expect("the PUT asset is stored");
+    // The example's answer, with our scope, the new assetId and its generated container.
+    let mut expected = example["responses"]["201"]["body"].clone();
+    expected["id"] = json!(format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaservices/{}/assets/{name}",
+        arm.subscription_id(),
+        arm.resource_group(),
+        arm.account()
+    ));
+    expected["properties"]["assetId"] = json!(asset.asset_id);
+    expected["properties"]["container"] = json!(format!("asset-{}", asset.asset_id));
+    assert_eq!(without_times(created.clone()), without_times(expected));
+    assert_eq!(asset.storage_account_name.as_deref(), Some("storage0"));
+
+    // Assets - Get and List ($filter) serve it like any other.
+    let got = json_of(arm_get(&arm.asset_url(name), &token).await).await;
+    assert_eq!(got["properties"], created["properties"]);
+    let filter = format!(
+        "{}&$filter={}",
+        arm.assets_url(),
+        utf8_percent_encode_all(&format!("name eq '{name}'"))
+    );
+    let listed = json_of(arm_get(&filter, &token).await).await;
+    assert_eq!(
+        listed["value"][0]["properties"]["assetId"],
+        json!(asset.asset_id)
+    );
+
+    // Update: 200, same asset id and container; a given container and no storage account.
+    let response = put_json(
+        &arm.asset_url(name),
+        &token,
+        &json!({ "properties": { "description": "changed", "container": "elsewhere" } }),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let updated = json_of(response).await;
+    assert_eq!(updated["properties"]["assetId"], json!(asset.asset_id));
+    assert_eq!(
+        updated["properties"]["container"],
+        created["properties"]["container"]
+    );
+    assert_eq!(updated["properties"]["description"], "changed");
+    let response = put_json(
+        &arm.asset_url("out"),
+        &token,
+        &json!({ "properties": { "container": "thumbs-out" } }),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let out = json_of(response).await;
+    assert_eq!(out["properties"]["container"], "thumbs-out");
+    assert!(out["properties"].get("storageAccountName").is_none());
+
+    // Assets keep api-version 2023-01-01.
+    let url = arm.asset_url("x").replace("2023-01-01", "2022-07-01");
+    let response = put_json(&url, &token, &json!({ "properties": {} })).await;
+    assert_eq!(arm_error_code(response).await, "InvalidApiVersionParameter");
+    assert!(arm.asset("x").is_none());
+    assert_eq!(arm.hits(ArmOp::PutAsset), 4);
+}
+
+fn utf8_percent_encode_all(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// A fake ARM writing into a fresh Azurite, with an input asset holding `files` and an empty
+/// output asset, both created through Assets - CreateOrUpdate; the thumbnail transform "thumbs".
+async fn arm_with_assets(files: &[&str]) -> (FakeArm, String, Azurite, String, String) {
+    let (arm, token) = arm().await;
+    let az = Azurite::start_http().await;
+    arm.set_output_sink(sink_of(&az));
+    for name in ["input", "output"] {
+        let response = put_json(&arm.asset_url(name), &token, &json!({ "properties": {} })).await;
+        assert_eq!(response.status(), 201);
+    }
+    let input = arm.asset("input").unwrap().container_name();
+    let output = arm.asset("output").unwrap().container_name();
+    // Creating the assets created their containers.
+    assert_eq!(blob_names(&az, &output, "").await, Vec::<String>::new());
+    let client = reqwest::Client::new();
+    for file in files {
+        seed::put_blob(
+            &client,
+            &az,
+            &input,
+            file,
+            b"not really a video",
+            "video/mp4",
+        )
+        .await;
+    }
+    let response = put_json(
+        &arm.transform_url("thumbs"),
+        &token,
+        &ams_thumbnail_transform(),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    (arm, token, az, input, output)
+}
+
+#[tokio::test]
+async fn arm_job_runs_to_finished_and_writes_the_thumbnails_into_azurite() {
+    let (arm, token, az, _input, output) =
+        arm_with_assets(&["ocean.ism", "ocean_960x540_1500.mp4", "zz-notes.txt"]).await;
+
+    let response = put_json(
+        &arm.job_url("thumbs", "job1"),
+        &token,
+        &job_body("input", "output"),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let created = json_of(response).await;
+    // jobs-create.json's answer: same fields, Queued, the input's defaults, label
+    // {presetName}_{index}, correlationData echoed.
+    let example = fake_arm::load_example("jobs-create.json")["responses"]["201"]["body"].clone();
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&created), keys(&example));
+    assert_eq!(keys(&created["properties"]), keys(&example["properties"]));
+    assert_eq!(
+        keys(&created["properties"]["outputs"][0]),
+        keys(&example["properties"]["outputs"][0])
+    );
+    assert_eq!(
+        keys(&created["properties"]["input"]),
+        keys(&example["properties"]["input"])
+    );
+    assert_eq!(created["type"], example["type"]);
+    assert_eq!(
+        created["id"],
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaservices/{}/transforms/thumbs/jobs/job1",
+            arm.subscription_id(),
+            arm.resource_group(),
+            arm.account()
+        )
+    );
+    assert_eq!(created["properties"]["state"], "Queued");
+    assert_eq!(created["properties"]["priority"], "Normal");
+    assert_eq!(
+        created["properties"]["correlationData"],
+        json!({ "request": "r-1" })
+    );
+    let out = &created["properties"]["outputs"][0];
+    assert_eq!(out["state"], "Queued");
+    assert_eq!(out["progress"], 0);
+    assert_eq!(out["label"], "StandardEncoderPreset_0");
+    assert_eq!(out["assetName"], "output");
+    assert_eq!(out["@odata.type"], "#Microsoft.Media.JobOutputAsset");
+    // job() shows it without advancing.
+    assert_eq!(
+        arm.job("thumbs", "job1").unwrap()["properties"]["state"],
+        "Queued"
+    );
+    assert_eq!(
+        arm.job("thumbs", "job1").unwrap()["properties"]["state"],
+        "Queued"
+    );
+
+    let first = json_of(arm_get(&arm.job_url("thumbs", "job1"), &token).await).await;
+    assert_eq!(first["properties"]["state"], "Processing");
+    assert_eq!(first["properties"]["outputs"][0]["state"], "Processing");
+    assert_eq!(first["properties"]["outputs"][0]["progress"], 50);
+    assert!(first["properties"]["startTime"].is_string());
+    assert!(first["properties"].get("endTime").is_none());
+    assert!(
+        blob_names(&az, &output, "").await.is_empty(),
+        "nothing written yet"
+    );
+
+    let done = json_of(arm_get(&arm.job_url("thumbs", "job1"), &token).await).await;
+    assert_eq!(done["properties"]["state"], "Finished", "{done}");
+    assert_eq!(done["properties"]["outputs"][0]["state"], "Finished");
+    assert_eq!(done["properties"]["outputs"][0]["progress"], 100);
+    assert!(done["properties"]["endTime"].is_string());
+    assert!(done["properties"]["outputs"][0]["endTime"].is_string());
+    assert!(done["properties"]["outputs"][0].get("error").is_none());
+
+    let mut expected: Vec<String> = (1..=6)
+        .map(|i| format!("ocean_960x540_1500_{i:06}.jpg"))
+        .collect();
+    expected.push("Thumbnail-ocean_960x540_1500-000001.png".into());
+    expected.push("ocean_960x540_1500_sprite000001.jpg".into());
+    expected.push("ocean_960x540_1500_sprite000001.vtt".into());
+    expected.sort();
+    assert_eq!(blob_names(&az, &output, "").await, expected);
+    let (content_type, bytes) = read_blob(&az, &output, "ocean_960x540_1500_000006.jpg").await;
+    assert_eq!(
+        (content_type.as_str(), bytes),
+        ("image/jpeg", sample(ImageKind::Jpeg))
+    );
+    let (content_type, bytes) =
+        read_blob(&az, &output, "Thumbnail-ocean_960x540_1500-000001.png").await;
+    assert_eq!(
+        (content_type.as_str(), bytes),
+        ("image/png", sample(ImageKind::Png))
+    );
+    let (content_type, bytes) =
+        read_blob(&az, &output, "ocean_960x540_1500_sprite000001.jpg").await;
+    assert_eq!(
+        (content_type.as_str(), bytes),
+        ("image/jpeg", sample(ImageKind::Jpeg))
+    );
+    let (content_type, vtt) = read_blob(&az, &output, "ocean_960x540_1500_sprite000001.vtt").await;
+    assert_eq!(content_type, "text/vtt");
+    let vtt = String::from_utf8(vtt).unwrap();
+    assert!(vtt.starts_with("WEBVTT\n\n00:00:00.000 --> 00:00:06.000\nocean_960x540_1500_sprite000001.jpg#xywh=0,0,160,90\n"), "{vtt}");
+    assert!(
+        vtt.contains(
+            "00:00:30.000 --> 00:00:36.000\nocean_960x540_1500_sprite000001.jpg#xywh=0,90,160,90\n"
+        ),
+        "{vtt}"
+    );
+    assert!(vtt.ends_with("00:00:54.000 --> 00:01:00.000\nocean_960x540_1500_sprite000001.jpg#xywh=640,90,160,90\n"), "{vtt}");
+    assert_eq!(vtt.matches("#xywh=").count(), 10);
+
+    // Final states stay; a PUT on the same name is 200 with the job unchanged: no new run.
+    let again = json_of(arm_get(&arm.job_url("thumbs", "job1"), &token).await).await;
+    assert_eq!(again["properties"]["state"], "Finished");
+    let response = put_json(
+        &arm.job_url("thumbs", "JOB1"),
+        &token,
+        &job_body("input", "output"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let unchanged = json_of(response).await;
+    assert_eq!(unchanged["properties"]["state"], "Finished");
+    assert_eq!(
+        unchanged["properties"]["created"],
+        created["properties"]["created"]
+    );
+    assert_eq!(
+        arm.job("thumbs", "job1").unwrap()["properties"]["state"],
+        "Finished"
+    );
+    assert_eq!(blob_names(&az, &output, "").await.len(), 9);
+    assert_eq!((arm.hits(ArmOp::PutJob), arm.hits(ArmOp::GetJob)), (2, 3));
+}
+
+#[tokio::test]
+async fn arm_job_failures_report_error_with_the_job_error_fields() {
+    let (arm, token, az, input, output) = arm_with_assets(&["readme.txt"]).await;
+
+    // A configured failure, after more steps: Scheduled, Processing 33, 66, then Error.
+    arm.set_job_steps(4);
+    arm.set_next_job_outcome(JobOutcome::fail(
+        "ServiceError",
+        "The encoder crashed.",
+        "Service",
+        "MayRetry",
+    ));
+    let response = put_json(
+        &arm.job_url("thumbs", "failing"),
+        &token,
+        &job_body("input", "output"),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let mut states = Vec::new();
+    for _ in 0..4 {
+        let job = json_of(arm_get(&arm.job_url("thumbs", "failing"), &token).await).await;
+        states.push((
+            job["properties"]["state"].as_str().unwrap().to_owned(),
+            job["properties"]["outputs"][0]["progress"]
+                .as_u64()
+                .unwrap(),
+        ));
+    }
+    assert_eq!(
+        states,
+        [
+            ("Scheduled".to_owned(), 0),
+            ("Processing".to_owned(), 33),
+            ("Processing".to_owned(), 66),
+            ("Error".to_owned(), 66)
+        ]
+    );
+    let job = arm.job("thumbs", "failing").unwrap();
+    let out = &job["properties"]["outputs"][0];
+    assert_eq!(out["state"], "Error");
+    assert_eq!(
+        out["error"],
+        json!({ "code": "ServiceError", "message": "The encoder crashed.", "category": "Service",
+                "retry": "MayRetry", "details": [] })
+    );
+    assert!(job["properties"]["endTime"].is_string());
+    assert!(blob_names(&az, &output, "").await.is_empty());
+
+    // The outcome is back to Finish, but the input asset has no video: ContentMalformed.
+    arm.set_job_steps(1);
+    put_json(
+        &arm.job_url("thumbs", "novideo"),
+        &token,
+        &job_body("input", "output"),
+    )
+    .await;
+    let job = json_of(arm_get(&arm.job_url("thumbs", "novideo"), &token).await).await;
+    assert_eq!(job["properties"]["state"], "Error", "{job}");
+    let error = &job["properties"]["outputs"][0]["error"];
+    assert_eq!(error["code"], "ContentMalformed");
+    assert_eq!(error["category"], "Content");
+    assert_eq!(error["retry"], "DoNotRetry");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("No video file was found") && message.contains(&input),
+        "{message}"
+    );
+    assert!(blob_names(&az, &output, "").await.is_empty());
+
+    // Outcome Fail beats a present video; a built-in preset cannot be encoded by the fake.
+    seed::put_blob(
+        &reqwest::Client::new(),
+        &az,
+        &input,
+        "clip.mov",
+        b"x",
+        "video/quicktime",
+    )
+    .await;
+    let example = fake_arm::load_example("transforms-create.json");
+    put_json(
+        &arm.transform_url("builtin"),
+        &token,
+        &example["parameters"]["parameters"],
+    )
+    .await;
+    put_json(
+        &arm.job_url("builtin", "b"),
+        &token,
+        &job_body("input", "output"),
+    )
+    .await;
+    let job = json_of(arm_get(&arm.job_url("builtin", "b"), &token).await).await;
+    assert_eq!(
+        job["properties"]["outputs"][0]["error"]["code"],
+        "ConfigurationUnsupported"
+    );
+    assert_eq!(
+        job["properties"]["outputs"][0]["label"],
+        "BuiltInStandardEncoderPreset_0"
+    );
+}
+
+#[tokio::test]
+async fn arm_job_put_and_get_errors() {
+    let (arm, token) = arm().await;
+    arm.add_asset(FakeAsset::new("in", Uuid::new_v4()));
+    let response = put_json(&arm.job_url("nope", "j"), &token, &job_body("in", "in")).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(arm_error_code(response).await, "ResourceNotFound");
+    put_json(&arm.transform_url("t"), &token, &ams_thumbnail_transform()).await;
+
+    let response = put_json(&arm.job_url("t", "j"), &token, &job_body("missing", "in")).await;
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("input asset 'missing'"),
+        "{body}"
+    );
+    let response = put_json(&arm.job_url("t", "j"), &token, &job_body("in", "out")).await;
+    assert_eq!(response.status(), 400);
+    let body = json_of(response).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("output asset 'out'"),
+        "{body}"
+    );
+    let mut http_input = job_body("in", "in");
+    http_input["properties"]["input"]["@odata.type"] = json!("#Microsoft.Media.JobInputHttp");
+    let response = put_json(&arm.job_url("t", "j"), &token, &http_input).await;
+    assert_eq!(response.status(), 400);
+    assert!(arm.job("t", "j").is_none());
+
+    let response = arm_get(&arm.job_url("t", "j"), &token).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(arm_error_code(response).await, "ResourceNotFound");
+    let url = arm.job_url("t", "j").replace("2022-07-01", "2023-01-01");
+    assert_eq!(
+        arm_error_code(arm_get(&url, &token).await).await,
+        "InvalidApiVersionParameter"
+    );
+
+    // Faults apply to the new operations: a fault does not create or advance a job.
+    arm.push_fault(ArmOp::PutJob, ArmFault::Status(503));
+    let response = put_json(&arm.job_url("t", "j"), &token, &job_body("in", "in")).await;
+    assert_eq!(response.status(), 503);
+    assert!(arm.job("t", "j").is_none());
+    let response = put_json(&arm.job_url("t", "j"), &token, &job_body("in", "in")).await;
+    assert_eq!(response.status(), 201);
+    arm.push_fault(
+        ArmOp::GetJob,
+        ArmFault::TooManyRequests {
+            retry_after_secs: 3,
+        },
+    );
+    let response = arm_get(&arm.job_url("t", "j"), &token).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(arm.job("t", "j").unwrap()["properties"]["state"], "Queued");
+    arm.push_fault(ArmOp::GetJob, ArmFault::MalformedJson);
+    let response = arm_get(&arm.job_url("t", "j"), &token).await;
+    assert!(serde_json::from_str::<Value>(&response.text().await.unwrap()).is_err());
+    assert_eq!(arm.hits(ArmOp::GetJob), 4);
+}
+
+#[tokio::test]
+async fn arm_refused_writes_answer_the_configured_error_and_change_nothing() {
+    let (arm, token) = arm().await;
+    arm.add_asset(FakeAsset::new("in", Uuid::new_v4()));
+    put_json(&arm.transform_url("t"), &token, &ams_thumbnail_transform()).await;
+    arm.set_writes_refused(Some(WriteRefusal {
+        status: 403,
+        code: "AuthorizationFailed".into(),
+        message: "The account is retired.".into(),
+    }));
+    for (url, body) in [
+        (arm.transform_url("t2"), ams_thumbnail_transform()),
+        (arm.asset_url("new"), json!({ "properties": {} })),
+        (arm.job_url("t", "j"), job_body("in", "in")),
+    ] {
+        let response = put_json(&url, &token, &body).await;
+        assert_eq!(response.status(), 403, "{url}");
+        assert_eq!(
+            json_of(response).await,
+            json!({ "error": { "code": "AuthorizationFailed", "message": "The account is retired." } })
+        );
+    }
+    assert!(
+        arm.transform("t2").is_none() && arm.asset("new").is_none() && arm.job("t", "j").is_none()
+    );
+    // Reads keep working; writes come back when the refusal is lifted.
+    assert_eq!(arm_get(&arm.asset_url("in"), &token).await.status(), 200);
+    assert_eq!(arm_get(&arm.job_url("t", "j"), &token).await.status(), 404);
+    arm.set_writes_refused(None);
+    let response = put_json(&arm.job_url("t", "j"), &token, &job_body("in", "in")).await;
+    assert_eq!(response.status(), 201);
+}
+
+// ------------------------------------------------------------------------------------------
+// Encoding: fake MK.IO
+// ------------------------------------------------------------------------------------------
+
+async fn mkio() -> FakeMkio {
+    FakeMkio::start_https(tls::shared()).await
+}
+
+async fn mkio_get(mkio: &FakeMkio, url: &str) -> reqwest::Response {
+    https_client()
+        .get(url)
+        .bearer_auth(mkio.token())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn mkio_put(mkio: &FakeMkio, url: &str, body: &Value) -> reqwest::Response {
+    put_json(url, &mkio.token(), body).await
+}
+
+#[tokio::test]
+async fn mkio_transform_put_is_201_then_200_and_validates_the_thumbnail_preset() {
+    let mkio = mkio().await;
+    let docs = fake_mkio::load_example("docs-transform-thumbnail-sprite-and-png.json");
+    let response = mkio_put(&mkio, &mkio.transform_url("sprites"), &docs).await;
+    assert_eq!(response.status(), 201);
+    let body = json_of(response).await;
+    assert_eq!(body["name"], "sprites");
+    assert_eq!(
+        body["properties"]["outputs"][0]["preset"],
+        docs["properties"]["outputs"][0]["preset"]
+    );
+    assert_eq!(
+        body["properties"]["outputs"][0]["relativePriority"],
+        "Normal"
+    );
+    for key in ["created", "lastModified"] {
+        assert!(body["properties"][key].is_string(), "{key}");
+    }
+    for key in ["internalId", "createdBy", "createdAt", "lastModifiedAt"] {
+        assert!(body["systemData"][key].is_string(), "{key}");
+    }
+    assert_eq!(mkio.transform("sprites").unwrap(), docs["properties"]);
+    let response = mkio_put(&mkio, &mkio.transform_url("sprites"), &docs).await;
+    assert_eq!(response.status(), 200);
+    for file in [
+        "docs-transform-thumbnail-single-png.json",
+        "docs-transform-thumbnail-multiple-jpeg.json",
+        "docs-transform-thumbnail-sprite.json",
+    ] {
+        let body = fake_mkio::load_example(file);
+        let response = mkio_put(
+            &mkio,
+            &mkio.transform_url(file.trim_end_matches(".json")),
+            &body,
+        )
+        .await;
+        assert_eq!(response.status(), 201, "{file}");
+    }
+
+    let thumbs = "/properties/outputs/0/preset/thumbnails/0";
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("/format", json!("Gif"), "thumbnails[0].format"),
+        ("/format", Value::Null, "thumbnails[0].format"),
+        ("/label", json!("bad label!"), "thumbnails[0].label"),
+        ("/label", json!("x".repeat(65)), "thumbnails[0].label"),
+        ("/spriteColumn", json!(11), "thumbnails[0].spriteColumn"),
+        ("/step", json!("fast"), "thumbnails[0].step"),
+        ("/range", json!("2"), "thumbnails[0].range"),
+        ("/quality", json!(-1), "thumbnails[0].quality"),
+    ];
+    for (pointer, value, field) in cases {
+        let mut body = docs.clone();
+        *body
+            .pointer_mut(&format!("{thumbs}{pointer}"))
+            .unwrap_or_else(|| panic!("{pointer}")) = value;
+        let response = mkio_put(&mkio, &mkio.transform_url("bad"), &body).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let error = json_of(response).await;
+        let detail = error["error"]["detail"].as_str().unwrap();
+        assert!(detail.contains(field), "{field}: {detail}");
+        assert_eq!(error["status"], 400);
+        assert!(error["ref"].is_string());
+    }
+    let builtin = fake_mkio::load_example("docs-transform-put-builtin-encoder.json");
+    let response = mkio_put(&mkio, &mkio.transform_url("bad"), &builtin).await;
+    assert_eq!(response.status(), 400);
+    assert!(
+        json_of(response).await["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("preset.@odata.type")
+    );
+    let mut bad_base = docs.clone();
+    bad_base["properties"]["outputs"][0]["preset"]["baseFilename"] = json!("no/slashes");
+    let response = mkio_put(&mkio, &mkio.transform_url("bad"), &bad_base).await;
+    assert!(
+        json_of(response).await["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("baseFilename")
+    );
+    assert!(mkio.transform("bad").is_none());
+
+    // The token is checked like for the other operations.
+    let response = https_client()
+        .put(mkio.transform_url("x"))
+        .bearer_auth("wrong")
+        .json(&docs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(mkio.hits(MkioOp::PutTransform), 16);
+}
+
+#[tokio::test]
+async fn mkio_asset_put_creates_an_asset_that_get_asset_returns() {
+    let mkio = mkio().await;
+    let docs = fake_mkio::load_example("docs-asset-put-request.json");
+    let response = mkio_put(&mkio, &mkio.asset_url("source-video"), &docs).await;
+    assert_eq!(response.status(), 201);
+    let created = json_of(response).await;
+    for key in ["storageAccountName", "container", "description", "subPath"] {
+        assert_eq!(created["properties"][key], docs["properties"][key], "{key}");
+    }
+    assert_eq!(created["labels"], docs["labels"]);
+    let asset = mkio.asset("source-video").unwrap();
+    assert_eq!(created["properties"]["assetId"], json!(asset.asset_id));
+    let got = json_of(mkio_get(&mkio, &mkio.asset_url("source-video")).await).await;
+    assert_eq!(got, created);
+
+    // Update: 200, only the description changes.
+    let response = mkio_put(
+        &mkio,
+        &mkio.asset_url("source-video"),
+        &json!({ "properties": { "storageAccountName": "primary-azure", "description": "new",
+                                 "container": "moved" } }),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let updated = json_of(response).await;
+    assert_eq!(updated["properties"]["description"], "new");
+    assert_eq!(updated["properties"]["container"], "source-video");
+    assert_eq!(updated["properties"]["assetId"], json!(asset.asset_id));
+
+    // A generated container; the storage instance is required and must exist.
+    let response = mkio_put(
+        &mkio,
+        &mkio.asset_url("out"),
+        &json!({ "properties": { "storageAccountName": "primary-azure" } }),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let out = json_of(response).await;
+    let id = out["properties"]["assetId"].as_str().unwrap().to_owned();
+    assert_eq!(out["properties"]["container"], format!("asset-{id}"));
+    assert!(out["properties"].get("subPath").is_none());
+    for (body, field) in [
+        (
+            json!({ "properties": { "container": "x-y-z" } }),
+            "storageAccountName",
+        ),
+        (
+            json!({ "properties": { "storageAccountName": "elsewhere" } }),
+            "storageAccountName",
+        ),
+        (
+            json!({ "properties": { "storageAccountName": "primary-azure", "subPath": "/abs" } }),
+            "subPath",
+        ),
+        (
+            json!({ "properties": { "storageAccountName": "primary-azure", "container": "Bad_Name" } }),
+            "container",
+        ),
+    ] {
+        let response = mkio_put(&mkio, &mkio.asset_url("rejected"), &body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let detail = json_of(response).await["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(detail.contains(field), "{detail}");
+    }
+    assert!(mkio.asset("rejected").is_none());
+    assert_eq!(mkio.hits(MkioOp::PutAsset), 7);
+}
+
+#[tokio::test]
+async fn mkio_job_runs_to_finished_and_writes_sprites_and_thumbnails_under_the_sub_paths() {
+    let mkio = mkio().await;
+    let az = Azurite::start_http().await;
+    mkio.set_output_sink(sink_of(&az));
+    let docs_asset = fake_mkio::load_example("docs-asset-put-request.json");
+    mkio_put(&mkio, &mkio.asset_url("input-video"), &docs_asset).await;
+    let response = mkio_put(
+        &mkio,
+        &mkio.asset_url("thumbs"),
+        &json!({ "properties": { "storageAccountName": "primary-azure", "subPath": "out/thumbs" } }),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let output = mkio.asset("thumbs").unwrap().container_name();
+    let client = reqwest::Client::new();
+    // The input's folder is `incoming`: a video beside it is not taken.
+    seed::put_blob(
+        &client,
+        &az,
+        "source-video",
+        "a-root-video.mp4",
+        b"x",
+        "video/mp4",
+    )
+    .await;
+    seed::put_blob(
+        &client,
+        &az,
+        "source-video",
+        "incoming/cover.jpg",
+        b"x",
+        "image/jpeg",
+    )
+    .await;
+    seed::put_blob(
+        &client,
+        &az,
+        "source-video",
+        "incoming/video.mp4",
+        b"x",
+        "video/mp4",
+    )
+    .await;
+
+    let docs = fake_mkio::load_example("docs-transform-thumbnail-sprite-and-png.json");
+    mkio_put(&mkio, &mkio.transform_url("sprites"), &docs).await;
+    let job = fake_mkio::load_example("docs-job-put-request.json");
+    let mut job = job.clone();
+    job["properties"]["input"]["assetName"] = json!("input-video");
+    job["properties"]["outputs"][0]["assetName"] = json!("thumbs");
+    let response = mkio_put(&mkio, &mkio.job_url("sprites", "job-001"), &job).await;
+    assert_eq!(response.status(), 201);
+    let created = json_of(response).await;
+    assert_eq!(created["name"], "job-001");
+    assert_eq!(created["properties"]["state"], "Queued");
+    assert_eq!(
+        created["properties"]["description"],
+        job["properties"]["description"]
+    );
+    assert_eq!(created["properties"]["input"], job["properties"]["input"]);
+    assert_eq!(
+        created["properties"]["outputs"][0]["label"],
+        "ThumbnailGeneratorPreset_0"
+    );
+    assert_eq!(created["properties"]["outputs"][0]["progress"], 0);
+
+    let first = json_of(mkio_get(&mkio, &mkio.job_url("sprites", "job-001")).await).await;
+    assert_eq!(first["properties"]["state"], "Processing");
+    assert_eq!(first["properties"]["outputs"][0]["progress"], 50);
+    let done = json_of(mkio_get(&mkio, &mkio.job_url("sprites", "job-001")).await).await;
+    assert_eq!(done["properties"]["state"], "Finished", "{done}");
+    assert_eq!(done["properties"]["outputs"][0]["progress"], 100);
+    assert!(done["properties"]["endTime"].is_string());
+
+    // The input named `files: ["video.mp4"]`: base name "video".
+    assert_eq!(
+        blob_names(&az, &output, "").await,
+        [
+            "out/thumbs/video_Sprite.vtt",
+            "out/thumbs/video_Sprite000001.jpg",
+            "out/thumbs/video_Thumbnail000001.png"
+        ]
+    );
+    let (content_type, bytes) =
+        read_blob(&az, &output, "out/thumbs/video_Thumbnail000001.png").await;
+    assert_eq!(
+        (content_type.as_str(), bytes),
+        ("image/png", sample(ImageKind::Png))
+    );
+    let (content_type, bytes) = read_blob(&az, &output, "out/thumbs/video_Sprite000001.jpg").await;
+    assert_eq!(
+        (content_type.as_str(), bytes),
+        ("image/jpeg", sample(ImageKind::Jpeg))
+    );
+    let (content_type, vtt) = read_blob(&az, &output, "out/thumbs/video_Sprite.vtt").await;
+    assert_eq!(content_type, "text/vtt");
+    let vtt = String::from_utf8(vtt).unwrap();
+    // Step 1% of 60 s over 100%: 100 tiles of 160x90 (10% sizes) on 10 columns.
+    assert_eq!(vtt.matches("video_Sprite000001.jpg#xywh=").count(), 100);
+    assert!(
+        vtt.contains("\n00:00:00.600 --> 00:00:01.200\nvideo_Sprite000001.jpg#xywh=160,0,160,90\n"),
+        "{vtt}"
+    );
+    assert!(
+        vtt.ends_with(
+            "\n00:00:59.400 --> 00:01:00.000\nvideo_Sprite000001.jpg#xywh=1440,810,160,90\n"
+        ),
+        "{vtt}"
+    );
+
+    // Without `files`, the first video under the folder; baseFilename wins over its name.
+    let mut multi = fake_mkio::load_example("docs-transform-thumbnail-multiple-jpeg.json");
+    multi["properties"]["outputs"][0]["preset"]["baseFilename"] = json!("poster");
+    mkio_put(&mkio, &mkio.transform_url("multi"), &multi).await;
+    mkio_put(
+        &mkio,
+        &mkio.job_url("multi", "j2"),
+        &job_body("input-video", "thumbs"),
+    )
+    .await;
+    mkio.set_input_duration(120);
+    mkio_get(&mkio, &mkio.job_url("multi", "j2")).await;
+    let done = json_of(mkio_get(&mkio, &mkio.job_url("multi", "j2")).await).await;
+    assert_eq!(done["properties"]["state"], "Finished");
+    // 10% of 120 s = 12 s, then every 30 s while < 12 + 108: 12, 42, 72, 102.
+    let names = blob_names(&az, &output, "out/thumbs/poster").await;
+    assert_eq!(
+        names,
+        (1..=4)
+            .map(|i| format!("out/thumbs/poster_{i:06}.jpg"))
+            .collect::<Vec<_>>()
+    );
+
+    // A PUT on an existing job: 200, unchanged, no new run.
+    let response = mkio_put(&mkio, &mkio.job_url("sprites", "job-001"), &job).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(json_of(response).await["properties"]["state"], "Finished");
+    assert_eq!(
+        (mkio.hits(MkioOp::PutJob), mkio.hits(MkioOp::GetJob)),
+        (3, 4)
+    );
+}
+
+#[tokio::test]
+async fn mkio_job_failures_errors_and_refused_writes() {
+    let mkio = mkio().await;
+    let az = Azurite::start_http().await;
+    mkio.set_output_sink(sink_of(&az));
+    mkio.set_job_steps(1);
+    let storage =
+        json!({ "properties": { "storageAccountName": "primary-azure", "subPath": "in" } });
+    mkio_put(&mkio, &mkio.asset_url("in"), &storage).await;
+    mkio_put(&mkio, &mkio.asset_url("out"), &storage).await;
+    let input = mkio.asset("in").unwrap().container_name();
+    // A video, but not under the asset's subPath.
+    seed::put_blob(
+        &reqwest::Client::new(),
+        &az,
+        &input,
+        "video.mp4",
+        b"x",
+        "video/mp4",
+    )
+    .await;
+    let single = fake_mkio::load_example("docs-transform-thumbnail-single-png.json");
+
+    let response = mkio_put(&mkio, &mkio.job_url("t", "j"), &job_body("in", "out")).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json_of(response).await["error"]["code"], "NotFound");
+    mkio_put(&mkio, &mkio.transform_url("t"), &single).await;
+    let response = mkio_put(&mkio, &mkio.job_url("t", "j"), &job_body("missing", "out")).await;
+    assert_eq!(response.status(), 400);
+    assert!(
+        json_of(response).await["error"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("'missing'")
+    );
+    let response = mkio_get(&mkio, &mkio.job_url("t", "j")).await;
+    assert_eq!(response.status(), 404);
+
+    mkio_put(&mkio, &mkio.job_url("t", "novideo"), &job_body("in", "out")).await;
+    let job = json_of(mkio_get(&mkio, &mkio.job_url("t", "novideo")).await).await;
+    assert_eq!(job["properties"]["state"], "Error");
+    let error = &job["properties"]["outputs"][0]["error"];
+    assert_eq!(
+        (&error["code"], &error["category"], &error["retry"]),
+        (
+            &json!("ContentMalformed"),
+            &json!("Content"),
+            &json!("DoNotRetry")
+        )
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("No video file was found")
+    );
+    assert!(
+        error.get("details").is_none(),
+        "MK.IO's JobError has no details"
+    );
+
+    mkio.set_next_job_outcome(JobOutcome::fail(
+        "DownloadNotAccessible",
+        "gone",
+        "Download",
+        "MayRetry",
+    ));
+    mkio_put(&mkio, &mkio.job_url("t", "failing"), &job_body("in", "out")).await;
+    let job = json_of(mkio_get(&mkio, &mkio.job_url("t", "failing")).await).await;
+    assert_eq!(
+        job["properties"]["outputs"][0]["error"]["code"],
+        "DownloadNotAccessible"
+    );
+    assert_eq!(job["properties"]["outputs"][0]["error"]["message"], "gone");
+    assert!(
+        blob_names(&az, &mkio.asset("out").unwrap().container_name(), "")
+            .await
+            .is_empty()
+    );
+
+    // Faults, then a read-only token: every PUT refused with MK.IO's envelope, reads work.
+    mkio.push_fault(MkioOp::PutAsset, MkioFault::Status(500));
+    assert_eq!(
+        mkio_put(&mkio, &mkio.asset_url("x"), &storage)
+            .await
+            .status(),
+        500
+    );
+    assert!(mkio.asset("x").is_none());
+    mkio.set_writes_refused(Some(WriteRefusal {
+        status: 403,
+        code: "Forbidden".into(),
+        message: "The token is read-only.".into(),
+    }));
+    for (url, body) in [
+        (mkio.transform_url("t2"), single.clone()),
+        (mkio.asset_url("x"), storage.clone()),
+        (mkio.job_url("t", "j3"), job_body("in", "out")),
+    ] {
+        let response = mkio_put(&mkio, &url, &body).await;
+        assert_eq!(response.status(), 403);
+        let body = json_of(response).await;
+        assert_eq!(body["error"]["code"], "Forbidden");
+        assert_eq!(body["error"]["detail"], "The token is read-only.");
+        assert_eq!(body["status"], 403);
+        assert!(body["ref"].is_string());
+    }
+    assert!(
+        mkio.transform("t2").is_none()
+            && mkio.asset("x").is_none()
+            && mkio.job("t", "j3").is_none()
+    );
+    assert_eq!(mkio_get(&mkio, &mkio.asset_url("in")).await.status(), 200);
+    assert_eq!(
+        mkio_get(&mkio, &mkio.job_url("t", "failing"))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn encoding_without_an_output_sink_fails_loudly_instead_of_writing_nothing() {
+    let (arm, token) = arm().await;
+    arm.set_job_steps(1);
+    arm.add_asset(FakeAsset::new("in", Uuid::new_v4()));
+    put_json(&arm.transform_url("t"), &token, &ams_thumbnail_transform()).await;
+    put_json(&arm.job_url("t", "j"), &token, &job_body("in", "in")).await;
+    // The handler panics ("no output sink is set"): the request gets no answer at all.
+    let result = https_client()
+        .get(arm.job_url("t", "j"))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    assert_ne!(
+        arm.job("t", "j").unwrap()["properties"]["state"],
+        "Finished"
+    );
+
+    let mkio = mkio().await;
+    mkio.set_job_steps(1);
+    let storage = json!({ "properties": { "storageAccountName": "primary-azure" } });
+    mkio_put(&mkio, &mkio.asset_url("in"), &storage).await;
+    let single = fake_mkio::load_example("docs-transform-thumbnail-single-png.json");
+    mkio_put(&mkio, &mkio.transform_url("t"), &single).await;
+    mkio_put(&mkio, &mkio.job_url("t", "j"), &job_body("in", "in")).await;
+    let result = https_client()
+        .get(mkio.job_url("t", "j"))
+        .bearer_auth(mkio.token())
+        .send()
+        .await;
+    assert!(result.is_err(), "{result:?}");
 }

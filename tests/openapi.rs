@@ -44,6 +44,9 @@ fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
         "Health",
         "Readiness",
         "ReadinessCheck",
+        "GenerateRequest",
+        "Job",
+        "JobError",
     ] {
         assert!(
             spec["components"]["schemas"].get(name).is_some(),
@@ -71,6 +74,10 @@ fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
         "upstream-unavailable",
         "upstream-timeout",
         "request-timeout",
+        "job-not-found",
+        "generation-unsupported",
+        "generation-refused",
+        "generation-failed",
         "internal-error",
     ] {
         assert!(
@@ -306,6 +313,65 @@ async fn real_answers_match_the_spec() {
         assert_eq!(status, expected, "DELETE {uri}");
     }
     covered.insert(("DELETE".to_owned(), c.to_owned()));
+    // Generation: an admin route; the local source has no encoder, which is checked before the
+    // body (so even a bad body answers 501 there).
+    let g = "/assets/{assetId}/thumbnails:generate";
+    let admin_json = [
+        ("x-api-key", "test-admin-key"),
+        ("content-type", "application/json"),
+    ];
+    for (uri, headers, body, expected) in [
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &[][..],
+            None,
+            401,
+        ),
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &[("x-api-key", "wrong")][..],
+            None,
+            401,
+        ),
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &admin[..],
+            None,
+            501,
+        ),
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &admin_json[..],
+            Some(r#"{"step":"PT5S","spriteColumns":4}"#),
+            501,
+        ),
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &admin_json[..],
+            Some(r#"{"nope":1}"#),
+            501,
+        ),
+        ("/assets/a..b/thumbnails:generate", &admin[..], None, 400),
+    ] {
+        let status = check_with(&app, &spec, "POST", g, uri, headers, body).await;
+        assert_eq!(status, expected, "POST {uri} {body:?}");
+    }
+    covered.insert(("POST".to_owned(), g.to_owned()));
+    let j = "/jobs/{jobName}";
+    for (uri, headers, expected) in [
+        ("/jobs/ams-thumbnails-0123abcd-0123456789ab", &[][..], 401),
+        (
+            "/jobs/ams-thumbnails-0123abcd-0123456789ab",
+            &admin[..],
+            501,
+        ),
+        ("/jobs/not-one-of-ours", &admin[..], 501),
+        ("/jobs/%FF", &admin[..], 400),
+    ] {
+        let status = check_with(&app, &spec, "GET", j, uri, headers, None).await;
+        assert_eq!(status, expected, "GET {uri}");
+    }
+    covered.insert(("GET".to_owned(), j.to_owned()));
     let b = "/assets:batchGet";
     let json = [("content-type", "application/json")];
     for (body, expected) in [

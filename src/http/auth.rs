@@ -73,6 +73,13 @@ fn group(method: &Method, path: &str) -> Group {
         "/readyz" | "/metrics" => Group::Ops,
         _ if path.starts_with("/demo/") || path.starts_with("/local/") => Group::Public,
         _ if *method == Method::DELETE && path.ends_with("/cache") => Group::Admin,
+        // Generation is a write; job states belong to whoever may generate.
+        _ if (*method == Method::POST && path.ends_with("/thumbnails:generate"))
+            || ((*method == Method::GET || *method == Method::HEAD)
+                && path.starts_with("/jobs/")) =>
+        {
+            Group::Admin
+        }
         _ => Group::Api,
     }
 }
@@ -379,6 +386,11 @@ mod tests {
         assert_eq!(group(&Method::GET, "/local/a/b.jpg"), Group::Public);
         assert_eq!(group(&Method::GET, "/metrics"), Group::Ops);
         assert_eq!(group(&Method::DELETE, "/assets/x/cache"), Group::Admin);
+        assert_eq!(
+            group(&Method::POST, "/assets/x/thumbnails:generate"),
+            Group::Admin
+        );
+        assert_eq!(group(&Method::GET, "/jobs/ams-thumbnails-1"), Group::Admin);
         assert_eq!(group(&Method::GET, "/assets/x/thumbnails"), Group::Api);
         assert_eq!(group(&Method::POST, "/assets:batchGet"), Group::Api);
     }

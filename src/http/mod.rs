@@ -6,6 +6,7 @@ pub mod auth;
 mod batch;
 mod demo;
 mod health;
+mod jobs;
 pub mod params;
 pub mod problem;
 
@@ -52,6 +53,8 @@ pub struct AppState(Arc<AppStateInner>);
 pub struct AppStateInner {
     pub settings: Settings,
     pub resolver: Resolver,
+    /// Thumbnail generation, when the backend has an encoder.
+    pub jobs: Option<crate::jobs::Jobs>,
 }
 
 impl Deref for AppState {
@@ -63,8 +66,16 @@ impl Deref for AppState {
 
 impl AppState {
     pub fn new(settings: Settings, backend: Backend) -> Self {
+        let jobs = backend
+            .encoder
+            .clone()
+            .map(|encoder| crate::jobs::Jobs::new(encoder, settings.jobs.clone()));
         let resolver = Resolver::new(&settings, backend);
-        Self(Arc::new(AppStateInner { settings, resolver }))
+        Self(Arc::new(AppStateInner {
+            settings,
+            resolver,
+            jobs,
+        }))
     }
 }
 
@@ -98,6 +109,12 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/assets/{assetId}/cache",
             delete(assets::invalidate),
         ),
+        (
+            Method::POST,
+            "/assets/{assetId}/thumbnails:generate",
+            post(jobs::generate).layer(DefaultBodyLimit::max(jobs::GENERATE_BODY_LIMIT)),
+        ),
+        (Method::GET, "/jobs/{jobName}", get(jobs::status)),
         (
             Method::POST,
             "/assets:batchGet",

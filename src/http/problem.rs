@@ -40,6 +40,10 @@ pub enum Kind {
     RateLimited,
     UriTooLong,
     HeadersTooLarge,
+    JobNotFound,
+    GenerationUnsupported,
+    GenerationRefused,
+    GenerationFailed,
     Internal,
 }
 
@@ -69,6 +73,10 @@ impl Kind {
             Kind::RateLimited => "rate-limited",
             Kind::UriTooLong => "uri-too-long",
             Kind::HeadersTooLarge => "headers-too-large",
+            Kind::JobNotFound => "job-not-found",
+            Kind::GenerationUnsupported => "generation-unsupported",
+            Kind::GenerationRefused => "generation-refused",
+            Kind::GenerationFailed => "generation-failed",
             Kind::Internal => "internal-error",
         }
     }
@@ -83,6 +91,7 @@ impl Kind {
             | Kind::NoThumbnails
             | Kind::NoStoryboard
             | Kind::FileNotFound
+            | Kind::JobNotFound
             | Kind::RouteNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,7 +101,10 @@ impl Kind {
             Kind::UriTooLong => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Kind::AssetUnservable => StatusCode::CONFLICT,
+            Kind::AssetUnservable | Kind::GenerationRefused | Kind::GenerationFailed => {
+                StatusCode::CONFLICT
+            }
+            Kind::GenerationUnsupported => StatusCode::NOT_IMPLEMENTED,
             Kind::UpstreamError => StatusCode::BAD_GATEWAY,
             Kind::UpstreamUnavailable | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Kind::UpstreamTimeout | Kind::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -125,6 +137,10 @@ impl Kind {
             Kind::RateLimited => "Too many requests",
             Kind::UriTooLong => "URI too long",
             Kind::HeadersTooLarge => "Request headers too large",
+            Kind::JobNotFound => "Job not found",
+            Kind::GenerationUnsupported => "Generation not available for this source",
+            Kind::GenerationRefused => "The backend refuses generation",
+            Kind::GenerationFailed => "Generation keeps failing",
             Kind::Internal => "Internal error",
         }
     }

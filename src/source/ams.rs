@@ -4,20 +4,19 @@
 //! Request form: an id is tried as an asset name first; when AMS has no asset of that name, as
 //! an `assetId` (when the id is a GUID), then as an `alternateId`.
 //!
-//! ARM calls go through the service's reqwest client with a bearer token from the shared
-//! credential, and a retry loop of our own: it honours `Retry-After` on 429 only while the
-//! wait fits the configured budget (the SDK pipeline's policy has no such budget per call).
+//! ARM calls go through [`RestClient`] (bearer token from the shared credential, retries within
+//! a per-call budget), which the AMS encoder (`crate::jobs::ams`) shares.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use serde::Deserialize;
 use url::Url;
 
+use super::rest::{Access, Bearer, ErrorEnvelope, Reply, RestClient};
 use super::{AssetLocation, Catalog, ContainerSas, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::{AmsSourceSettings, UpstreamSettings};
@@ -50,28 +49,14 @@ struct ArmAssetList {
     next_link: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct ArmErrorBody {
-    error: ArmError,
-}
-
-#[derive(Debug, Deserialize)]
-struct ArmError {
-    #[serde(default)]
-    code: String,
-}
-
 pub struct AmsCatalog {
-    http: reqwest::Client,
-    credential: Arc<dyn TokenCredential>,
-    /// `{arm}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Media/mediaServices/{account}/assets`
+    rest: RestClient,
+    /// `{arm}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Media/mediaServices/{account}`
+    account_url: Url,
+    /// `{account_url}/assets`
     assets_url: Url,
-    scope: String,
     api_version: String,
     default_account: String,
-    upstream: UpstreamSettings,
-    /// A rejected configuration is logged once, not on every request.
-    misconfiguration_logged: AtomicBool,
     /// When set, every location carries a `listContainerSas` URL valid this long.
     container_sas_lifetime: Option<Duration>,
 }
@@ -86,8 +71,8 @@ impl AmsCatalog {
         container_sas_lifetime: Option<Duration>,
     ) -> Result<Self, crate::config::ConfigError> {
         let base = settings.arm_endpoint.as_str().trim_end_matches('/');
-        let assets_url = Url::parse(&format!(
-            "{base}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaServices/{}/assets",
+        let account_url = Url::parse(&format!(
+            "{base}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaServices/{}",
             crate::url_path::encode_segment(&settings.subscription_id),
             crate::url_path::encode_segment(&settings.resource_group),
             crate::url_path::encode_segment(&settings.account_name),
@@ -96,20 +81,45 @@ impl AmsCatalog {
             key: "source.arm_endpoint".into(),
             message: e.to_string(),
         })?;
-        Ok(Self {
-            http,
+        let mut assets_url = account_url.clone();
+        assets_url
+            .path_segments_mut()
+            .expect("ARM URLs have paths")
+            .push("assets");
+        let bearer = Bearer::Credential {
             credential,
-            assets_url,
             scope: format!("{}/.default", settings.arm_audience.trim_end_matches('/')),
+        };
+        Ok(Self {
+            rest: RestClient::new(
+                http,
+                BACKEND,
+                "AMS",
+                "ARM refused the service's identity",
+                bearer,
+                ErrorEnvelope::Arm,
+                upstream,
+            ),
+            account_url,
+            assets_url,
             api_version: settings.api_version.clone(),
             default_account: default_account.to_owned(),
-            upstream: upstream.clone(),
-            misconfiguration_logged: AtomicBool::new(false),
             container_sas_lifetime,
         })
     }
 
-    fn asset_url(&self, name: &str) -> Url {
+    /// The ARM client (shared with the AMS encoder).
+    pub fn rest(&self) -> &RestClient {
+        &self.rest
+    }
+
+    /// `.../mediaServices/{account}` (the AMS encoder builds transform and job URLs on it).
+    pub fn account_url(&self) -> &Url {
+        &self.account_url
+    }
+
+    /// `.../assets/{name}?api-version=...` (Get and CreateOrUpdate).
+    pub fn asset_url(&self, name: &str) -> Url {
         let mut url = self.assets_url.clone();
         url.path_segments_mut()
             .expect("ARM URLs have paths")
@@ -127,132 +137,13 @@ impl AmsCatalog {
         url
     }
 
-    /// One ARM GET with retries (see [`Self::send`]).
-    async fn get(&self, url: &Url) -> Result<Option<bytes::Bytes>, SourceError> {
-        self.send(reqwest::Method::GET, url, None).await
-    }
-
-    /// One ARM call with retries: 5xx and connection errors back off, 429 waits `Retry-After`
-    /// while that fits the budget. Returns the body of a 2xx, `None` for 404.
-    async fn send(
+    /// One ARM GET with retries; `None` for 404.
+    async fn get(
         &self,
-        method: reqwest::Method,
         url: &Url,
-        body: Option<&serde_json::Value>,
+        operation: &'static str,
     ) -> Result<Option<bytes::Bytes>, SourceError> {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let token = self
-                .credential
-                .get_token(&[self.scope.as_str()], None)
-                .await
-                .map_err(|_| self.misconfigured("the credential could not get a token for ARM"))?;
-            let mut request = self
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(token.token.secret())
-                .header("accept", "application/json");
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let result = request.send().await;
-            let retry_in = match result {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
-                    match status {
-                        200..=299 => {
-                            return response.bytes().await.map(Some).map_err(|e| {
-                                if e.is_timeout() {
-                                    SourceError::Timeout { backend: BACKEND }
-                                } else {
-                                    upstream("the answer was cut off")
-                                }
-                            });
-                        }
-                        404 => return Ok(None),
-                        401 | 403 => {
-                            let code = error_code(response).await;
-                            return Err(self.misconfigured(&format!(
-                                "ARM refused the service's identity ({status} {code})"
-                            )));
-                        }
-                        429 => {
-                            let wait = retry_after.unwrap_or(backoff(attempt));
-                            if !self.fits(started, attempt, wait) {
-                                return Err(SourceError::Throttled {
-                                    backend: BACKEND,
-                                    retry_after: Some(wait),
-                                });
-                            }
-                            wait
-                        }
-                        500..=599 => {
-                            let wait = retry_after.unwrap_or(backoff(attempt));
-                            if !self.fits(started, attempt, wait) {
-                                return Err(if status == 503 {
-                                    SourceError::Throttled {
-                                        backend: BACKEND,
-                                        retry_after,
-                                    }
-                                } else {
-                                    upstream(&format!("HTTP {status}"))
-                                });
-                            }
-                            wait
-                        }
-                        _ => {
-                            let code = error_code(response).await;
-                            return Err(upstream(&format!("HTTP {status} {code}")));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let wait = backoff(attempt);
-                    if !self.fits(started, attempt, wait) {
-                        return Err(if e.is_timeout() {
-                            SourceError::Timeout { backend: BACKEND }
-                        } else {
-                            SourceError::Unavailable { backend: BACKEND }
-                        });
-                    }
-                    wait
-                }
-            };
-            attempt += 1;
-            tracing::debug!(
-                attempt,
-                wait_ms = retry_in.as_millis() as u64,
-                "retrying ARM call"
-            );
-            tokio::time::sleep(retry_in).await;
-        }
-    }
-
-    /// Whether another try after `wait` stays within the retry count and time budget.
-    fn fits(&self, started: Instant, attempt: u32, wait: Duration) -> bool {
-        attempt < self.upstream.max_retries
-            && started.elapsed() + wait <= self.upstream.retry_budget
-    }
-
-    fn misconfigured(&self, message: &str) -> SourceError {
-        if !self.misconfiguration_logged.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                backend = BACKEND,
-                cause = message,
-                "AMS rejects the configuration; answering 503 until fixed"
-            );
-        }
-        SourceError::Misconfigured {
-            backend: BACKEND,
-            message: message.to_owned(),
-        }
+        self.rest.get(url, operation).await
     }
 
     /// `Assets - List` with a filter, following `@odata.nextLink`; the first match wins.
@@ -260,7 +151,7 @@ impl AmsCatalog {
         let mut url = self.filter_url(filter);
         let mut seen = HashSet::new();
         for _ in 0..MAX_PAGES {
-            let Some(body) = self.get(&url).await? else {
+            let Some(body) = self.get(&url, "list assets").await? else {
                 return Ok(None);
             };
             let page: ArmAssetList = serde_json::from_slice(&body)
@@ -303,10 +194,21 @@ impl AmsCatalog {
             "permissions": "Read",
             "expiryTime": expires_at.format(&time::format_description::well_known::Rfc3339).expect("UTC formats"),
         });
-        let answer = self
-            .send(reqwest::Method::POST, &url, Some(&body))
+        let answer = match self
+            .rest
+            .call(
+                reqwest::Method::POST,
+                &url,
+                Some(&body),
+                Access::Read,
+                "listContainerSas",
+            )
             .await?
-            .ok_or(SourceError::NotFound)?;
+        {
+            Reply::Ok { body, .. } => body,
+            Reply::NotFound => return Err(SourceError::NotFound),
+            Reply::Refused(_) => unreachable!("reads are never `Refused`"),
+        };
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct SasUrls {
@@ -366,10 +268,30 @@ impl Catalog for AmsCatalog {
     }
 }
 
+/// What the encoder needs to know of an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetRecord {
+    /// The ARM asset name (job inputs and outputs are named so).
+    pub name: String,
+    pub storage_account_name: Option<String>,
+}
+
 impl AmsCatalog {
+    /// The asset an id names (by name, assetId or alternateId).
+    pub async fn asset_record(&self, id: &AssetId) -> Result<AssetRecord, SourceError> {
+        let asset = self.find_asset(id).await?;
+        Ok(AssetRecord {
+            name: asset.name,
+            storage_account_name: asset
+                .properties
+                .storage_account_name
+                .filter(|a| !a.is_empty()),
+        })
+    }
+
     /// Get by name; else `$filter` by assetId (GUIDs); else by alternateId.
     async fn find_asset(&self, id: &AssetId) -> Result<ArmAsset, SourceError> {
-        if let Some(body) = self.get(&self.asset_url(id.as_str())).await? {
+        if let Some(body) = self.get(&self.asset_url(id.as_str()), "get asset").await? {
             return serde_json::from_slice(&body)
                 .map_err(|_| upstream("malformed Assets - Get answer"));
         }
@@ -402,7 +324,7 @@ impl HealthCheck for AmsCatalog {
         url.query_pairs_mut()
             .append_pair("api-version", &self.api_version)
             .append_pair("$top", "1");
-        match self.get(&url).await {
+        match self.get(&url, "health").await {
             Ok(_) => Ok(()),
             Err(e) => Err(match e {
                 SourceError::Misconfigured { .. } => "ARM rejects the service's identity".into(),
@@ -419,21 +341,4 @@ fn upstream(message: &str) -> SourceError {
         backend: BACKEND,
         message: message.to_owned(),
     }
-}
-
-/// 200 ms, 400 ms, 800 ms, … capped at 2 s, with ±25 % jitter.
-fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << attempt.min(4)).min(2000);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 51) as u64; // 0..=50 %
-    Duration::from_millis(base * (75 + jitter) / 100)
-}
-
-async fn error_code(response: reqwest::Response) -> String {
-    response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice::<ArmErrorBody>(&b).ok())
-        .map(|b| b.error.code)
-        .unwrap_or_default()
 }

@@ -33,13 +33,20 @@ impl<T: ?Sized> Instrumented<T> {
 fn outcome<T>(result: &Result<T, SourceError>) -> &'static str {
     match result {
         Ok(_) => "ok",
-        Err(SourceError::NotFound) => "not_found",
-        Err(SourceError::Throttled { .. }) => "throttled",
-        Err(SourceError::Timeout { .. }) => "timeout",
-        Err(SourceError::Unavailable { .. }) => "unavailable",
-        Err(SourceError::Misconfigured { .. }) => "misconfigured",
-        Err(SourceError::Unservable { .. }) => "unservable",
-        Err(SourceError::Upstream { .. }) => "error",
+        Err(e) => outcome_of(e),
+    }
+}
+
+/// The `outcome` label of a failed upstream call.
+pub fn outcome_of(error: &SourceError) -> &'static str {
+    match error {
+        SourceError::NotFound => "not_found",
+        SourceError::Throttled { .. } => "throttled",
+        SourceError::Timeout { .. } => "timeout",
+        SourceError::Unavailable { .. } => "unavailable",
+        SourceError::Misconfigured { .. } => "misconfigured",
+        SourceError::Unservable { .. } => "unservable",
+        SourceError::Upstream { .. } => "error",
     }
 }
 
@@ -141,6 +148,7 @@ impl Backend {
             }),
             health: self.health,
             local_root: self.local_root,
+            encoder: self.encoder,
         }
     }
 }

@@ -17,14 +17,13 @@
 //! The token comes from `source.token`, else the file `source.token_file` (read at start,
 //! trimmed), else the environment variable `MKIO_TOKEN`.
 //!
-//! Calls go through the service's reqwest client with a retry loop like the AMS catalog's:
-//! 429 and 5xx are retried within `upstream.max_retries` and `upstream.retry_budget`,
-//! honouring `Retry-After` (seconds or HTTP date) when present, jittered backoff otherwise
-//! (MK.IO allows 2,000 GETs a minute per project).
+//! Calls go through [`RestClient`], shared with the AMS catalog and the MK.IO encoder: 429
+//! and 5xx are retried within `upstream.max_retries` and `upstream.retry_budget`, honouring
+//! `Retry-After` (seconds or HTTP date) when present, jittered backoff otherwise (MK.IO allows
+//! 2,000 GETs a minute per project).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +32,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::ams::AssetRecord;
+use super::rest::{Bearer, ErrorEnvelope, RestClient};
 use super::{AssetLocation, Catalog, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::{ConfigError, UpstreamSettings};
@@ -222,19 +223,6 @@ struct MkioStorageSpec {
     url: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct MkioErrorBody {
-    error: MkioError,
-    #[serde(rename = "ref", default)]
-    reference: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MkioError {
-    #[serde(default)]
-    code: String,
-}
-
 /// Where a storage instance's blobs are, from its `spec.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StorageTarget {
@@ -254,19 +242,15 @@ struct CachedStorage {
 type StorageSlot = Arc<tokio::sync::Mutex<Option<CachedStorage>>>;
 
 pub struct MkioCatalog {
-    http: reqwest::Client,
-    token: Secret,
+    rest: RestClient,
     /// `{base}/api/v1/projects/{project}/media`
     media_url: Url,
     project: String,
     default_account: String,
-    upstream: UpstreamSettings,
     storage_cache_ttl: Duration,
     /// Storage instances by name; each slot is locked while it is fetched, so concurrent
     /// lookups of one instance make one call.
     storages: Mutex<HashMap<String, StorageSlot>>,
-    /// A rejected configuration is logged once, not on every request.
-    misconfiguration_logged: AtomicBool,
 }
 
 impl std::fmt::Debug for MkioCatalog {
@@ -301,15 +285,20 @@ impl MkioCatalog {
             .pop_if_empty()
             .extend(["api", "v1", "projects", settings.project.as_str(), "media"]);
         Ok(Self {
-            http,
-            token,
+            rest: RestClient::new(
+                http,
+                BACKEND,
+                "MK.IO",
+                "MK.IO refused the token",
+                Bearer::Token(token),
+                ErrorEnvelope::Mkio,
+                upstream,
+            ),
             media_url,
             project: settings.project.clone(),
             default_account: default_account.to_owned(),
-            upstream: upstream.clone(),
             storage_cache_ttl: settings.storage_cache_ttl,
             storages: Mutex::new(HashMap::new()),
-            misconfiguration_logged: AtomicBool::new(false),
         })
     }
 
@@ -339,121 +328,40 @@ impl MkioCatalog {
         self.media_child(&["storage", name])
     }
 
-    /// One MK.IO GET with retries: 5xx and connection errors back off, 429 waits `Retry-After`
-    /// (else backs off) while that fits the budget. The body of a 2xx; `None` for 404.
+    /// One MK.IO GET with retries ([`RestClient`]); `None` for 404.
     async fn get(
         &self,
         url: &Url,
         operation: &'static str,
     ) -> Result<Option<bytes::Bytes>, SourceError> {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let result = self
-                .http
-                .get(url.clone())
-                .bearer_auth(self.token.expose())
-                .header("accept", "application/json")
-                .send()
-                .await;
-            let retry_in = match result {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, time::OffsetDateTime::now_utc()));
-                    match status {
-                        200..=299 => {
-                            return response.bytes().await.map(Some).map_err(|e| {
-                                if e.is_timeout() {
-                                    SourceError::Timeout { backend: BACKEND }
-                                } else {
-                                    upstream("the answer was cut off")
-                                }
-                            });
-                        }
-                        404 => return Ok(None),
-                        401 | 403 => {
-                            let error = error_summary(response).await;
-                            return Err(self.misconfigured(&format!(
-                                "MK.IO refused the token ({status}{error})"
-                            )));
-                        }
-                        429 => {
-                            let wait = retry_after.unwrap_or_else(|| backoff(attempt));
-                            if !self.fits(started, attempt, wait) {
-                                return Err(SourceError::Throttled {
-                                    backend: BACKEND,
-                                    retry_after,
-                                });
-                            }
-                            wait
-                        }
-                        500..=599 => {
-                            let wait = retry_after.unwrap_or_else(|| backoff(attempt));
-                            if !self.fits(started, attempt, wait) {
-                                return Err(if status == 503 {
-                                    SourceError::Throttled {
-                                        backend: BACKEND,
-                                        retry_after,
-                                    }
-                                } else {
-                                    let error = error_summary(response).await;
-                                    upstream(&format!("{operation}: HTTP {status}{error}"))
-                                });
-                            }
-                            wait
-                        }
-                        _ => {
-                            let error = error_summary(response).await;
-                            return Err(upstream(&format!("{operation}: HTTP {status}{error}")));
-                        }
-                    }
-                }
-                Err(e) => {
-                    let wait = backoff(attempt);
-                    if !self.fits(started, attempt, wait) {
-                        return Err(if e.is_timeout() {
-                            SourceError::Timeout { backend: BACKEND }
-                        } else {
-                            SourceError::Unavailable { backend: BACKEND }
-                        });
-                    }
-                    wait
-                }
-            };
-            attempt += 1;
-            tracing::debug!(
-                backend = BACKEND,
-                operation,
-                attempt,
-                wait_ms = retry_in.as_millis() as u64,
-                "retrying MK.IO call"
-            );
-            tokio::time::sleep(retry_in).await;
-        }
-    }
-
-    /// Whether another try after `wait` stays within the retry count and time budget.
-    fn fits(&self, started: Instant, attempt: u32, wait: Duration) -> bool {
-        attempt < self.upstream.max_retries
-            && started.elapsed() + wait <= self.upstream.retry_budget
+        self.rest.get(url, operation).await
     }
 
     fn misconfigured(&self, message: &str) -> SourceError {
-        if !self.misconfiguration_logged.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                backend = BACKEND,
-                cause = message,
-                "MK.IO rejects the configuration; answering 503 until fixed"
-            );
-        }
-        SourceError::Misconfigured {
-            backend: BACKEND,
-            message: message.to_owned(),
-        }
+        self.rest.misconfigured(message)
+    }
+
+    /// The MK.IO client (shared with the MK.IO encoder).
+    pub fn rest(&self) -> &RestClient {
+        &self.rest
+    }
+
+    /// `{base}/api/v1/projects/{project}/media/{segments...}`.
+    pub fn media_url(&self, segments: &[&str]) -> Url {
+        self.media_child(segments)
+    }
+
+    /// The asset an id names (by name, assetId or alternateId): its MK.IO name, storage
+    /// instance and container.
+    pub async fn asset_record(&self, id: &AssetId) -> Result<AssetRecord, SourceError> {
+        let asset = self.find_asset(id).await?;
+        Ok(AssetRecord {
+            name: asset.name,
+            storage_account_name: asset
+                .properties
+                .storage_account_name
+                .filter(|s| !s.trim().is_empty()),
+        })
     }
 
     /// The asset list with a filter, following `@odata.nextLink`; the first match wins.
@@ -664,55 +572,6 @@ fn upstream(message: &str) -> SourceError {
     }
 }
 
-/// 200 ms, 400 ms, 800 ms, … capped at 2 s, with ±25 % jitter.
-fn backoff(attempt: u32) -> Duration {
-    let base = 200u64.saturating_mul(1 << attempt.min(4)).min(2000);
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 51) as u64; // 0..=50 %
-    Duration::from_millis(base * (75 + jitter) / 100)
-}
-
-/// `Retry-After`: delay-seconds, or an HTTP date (the time left until it, 0 if past).
-fn parse_retry_after(value: &str, now: time::OffsetDateTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at =
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
-    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
-}
-
-/// `" (code, ref …)"` from an MK.IO error body, or "" (the `detail` is left out).
-async fn error_summary(response: reqwest::Response) -> String {
-    let Some(body) = response
-        .bytes()
-        .await
-        .ok()
-        .and_then(|b| serde_json::from_slice::<MkioErrorBody>(&b).ok())
-    else {
-        return String::new();
-    };
-    let code: String = body
-        .error
-        .code
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect();
-    match body.reference {
-        Some(r) if !r.is_empty() => {
-            let r: String = r
-                .chars()
-                .filter(|c| c.is_ascii_graphic())
-                .take(64)
-                .collect();
-            format!(" {code}, ref {r}")
-        }
-        _ if !code.is_empty() => format!(" {code}"),
-        _ => String::new(),
-    }
-}
-
 /// An OData string literal: quoted, `'` doubled.
 fn odata_string(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -877,23 +736,6 @@ mod tests {
         assert_eq!(normalize_prefix("incoming"), "incoming/");
         assert_eq!(normalize_prefix("path/to/asset"), "path/to/asset/");
         assert_eq!(normalize_prefix("/path//to/asset/"), "path/to/asset/");
-    }
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        let now = time::macros::datetime!(2026-01-01 12:00:00 UTC);
-        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(
-            parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Thu, 01 Jan 2026 11:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-3", now), None);
     }
 
     #[test]

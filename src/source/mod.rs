@@ -5,6 +5,7 @@ pub mod ams;
 pub mod instrumented;
 pub mod local;
 pub mod mkio;
+pub mod rest;
 pub mod storage;
 
 use std::fmt;
@@ -136,6 +137,8 @@ pub struct Backend {
     pub health: Vec<Arc<dyn HealthCheck>>,
     /// Folder the service itself serves under `/local/`, when the source is local.
     pub local_root: Option<std::path::PathBuf>,
+    /// The backend's encoder, when it can generate thumbnails (AMS, MK.IO).
+    pub encoder: Option<Arc<dyn crate::jobs::Encoder>>,
 }
 
 impl fmt::Debug for Backend {
@@ -175,6 +178,7 @@ impl Backend {
                     linker: source.clone(),
                     health: vec![source.clone()],
                     local_root: Some(local.root.clone()),
+                    encoder: None,
                 })
             }
             SourceSettings::Storage(storage) => {
@@ -195,6 +199,7 @@ impl Backend {
                     linker: azure.linker,
                     health: azure.health,
                     local_root: None,
+                    encoder: None,
                 })
             }
             SourceSettings::Mkio(mkio_settings) => {
@@ -207,12 +212,14 @@ impl Backend {
                 )?);
                 let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
                 health.extend(azure.health);
+                let encoder = Arc::new(crate::jobs::mkio::MkioEncoder::new(catalog.clone()));
                 Ok(Self {
                     catalog,
                     store: azure.store,
                     linker: azure.linker,
                     health,
                     local_root: None,
+                    encoder: Some(encoder),
                 })
             }
             SourceSettings::Ams(ams_settings) => {
@@ -236,12 +243,17 @@ impl Backend {
                 )?);
                 let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
                 health.extend(azure.health);
+                let encoder = Arc::new(crate::jobs::ams::AmsEncoder::new(
+                    catalog.clone(),
+                    &settings.jobs.transform_api_version,
+                ));
                 Ok(Self {
                     catalog,
                     store: azure.store,
                     linker: azure.linker,
                     health,
                     local_root: None,
+                    encoder: Some(encoder),
                 })
             }
         }

@@ -1,10 +1,20 @@
-//! A fake Azure Resource Manager (`https://management.azure.com`) serving the three Azure Media
-//! Services asset operations the service calls, for one subscription / resource group / account:
+//! A fake Azure Resource Manager (`https://management.azure.com`) serving the Azure Media
+//! Services asset and encoding operations the service calls, for one subscription / resource
+//! group / account:
 //!
 //! - `GET  .../mediaServices/{account}/assets/{name}?api-version=2023-01-01` (Assets - Get)
 //! - `GET  .../mediaServices/{account}/assets?api-version=2023-01-01[&$filter][&$top]`
 //!   (Assets - List, paged with absolute `@odata.nextLink`s carrying a `$skiptoken`)
 //! - `POST .../mediaServices/{account}/assets/{name}/listContainerSas?api-version=2023-01-01`
+//! - `PUT  .../mediaServices/{account}/assets/{name}?api-version=2023-01-01`
+//!   (Assets - CreateOrUpdate: `assets-create.json`, 201 then 200; container `asset-<assetId>`
+//!   unless given; the container is created in Azurite when an output sink is set)
+//! - `PUT  .../mediaServices/{account}/transforms/{t}?api-version=2022-07-01`
+//!   (Transforms - CreateOrUpdate: `transforms-create.json`, 201 then 200; presets validated, see
+//!   [`super::fake_encoder::ams_validate_transform`])
+//! - `PUT|GET .../mediaServices/{account}/transforms/{t}/jobs/{j}?api-version=2022-07-01`
+//!   (Jobs - Create / Get: `jobs-create.json`, `jobs-get-by-name.json`; the state machine, the
+//!   file names and what a finished job writes into Azurite are in [`super::fake_encoder`])
 //!
 //! AMS was retired in June 2024, so the contract is the last published swagger: every success
 //! body is built from the official examples in `tests/fixtures/ams-examples/` (copies of shared/reference/ams-examples; loaded at run
@@ -38,11 +48,17 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
+use super::fake_encoder::{
+    self, AMS_BASENAME_MAX, Advance, DEFAULT_INPUT_DURATION_SECS, DEFAULT_JOB_STEPS, JobOutcome,
+    JobOutputSpec, JobRecord, JobRun, OutputSink, WriteRefusal,
+};
 use super::fake_entra::{json_response, json_text_response, verify_jwt};
 use super::tls::{self, TestPki};
 
-/// The only api-version the fake serves (the swagger the examples come from).
+/// The api-version of the asset operations (the swagger the asset examples come from).
 pub const API_VERSION: &str = "2023-01-01";
+/// The api-version of the transform and job operations (Encoding 2022-07-01).
+pub const ENCODING_API_VERSION: &str = "2022-07-01";
 /// The audience ARM tokens must carry (Entra drops the trailing `/` of the resource).
 pub const ARM_AUDIENCE: &str = "https://management.azure.com";
 /// AMS's default (and maximum) page size for Assets - List.
@@ -124,6 +140,28 @@ pub enum ArmOp {
     Get,
     List,
     ListContainerSas,
+    /// `PUT .../transforms/{t}` (2022-07-01)
+    PutTransform,
+    /// `PUT .../assets/{name}` (2023-01-01)
+    PutAsset,
+    /// `PUT .../transforms/{t}/jobs/{j}` (2022-07-01)
+    PutJob,
+    /// `GET .../transforms/{t}/jobs/{j}` (2022-07-01)
+    GetJob,
+}
+
+impl ArmOp {
+    /// The api-version ARM accepts for this operation.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            ArmOp::Get | ArmOp::List | ArmOp::ListContainerSas | ArmOp::PutAsset => API_VERSION,
+            ArmOp::PutTransform | ArmOp::PutJob | ArmOp::GetJob => ENCODING_API_VERSION,
+        }
+    }
+
+    fn is_write(self) -> bool {
+        matches!(self, ArmOp::PutTransform | ArmOp::PutAsset | ArmOp::PutJob)
+    }
 }
 
 /// A fault for the next request of one operation, consumed in order.
@@ -164,6 +202,18 @@ type MintFn = dyn Fn(&FakeAsset, &str, OffsetDateTime) -> Vec<String> + Send + S
 #[derive(Clone)]
 pub struct FakeArm {
     state: Arc<Mutex<ArmState>>,
+    /// Serialises job GETs, so a run is finalised (outputs written) exactly once.
+    jobs_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A transform as PUT.
+#[derive(Clone, Debug)]
+struct StoredTransform {
+    name: String,
+    /// The request's `properties`.
+    properties: Value,
+    created: OffsetDateTime,
+    last_modified: OffsetDateTime,
 }
 
 struct ArmState {
@@ -179,6 +229,13 @@ struct ArmState {
     hits: HashMap<ArmOp, usize>,
     total_hits: usize,
     last_authorization: Option<LastAuthorization>,
+    transforms: Vec<StoredTransform>,
+    jobs: Vec<JobRecord>,
+    sink: Option<OutputSink>,
+    write_refusal: Option<WriteRefusal>,
+    next_outcome: Option<JobOutcome>,
+    job_steps: usize,
+    input_duration_secs: u64,
 }
 
 impl Default for FakeArm {
@@ -205,7 +262,15 @@ impl FakeArm {
                 hits: HashMap::new(),
                 total_hits: 0,
                 last_authorization: None,
+                transforms: Vec::new(),
+                jobs: Vec::new(),
+                sink: None,
+                write_refusal: None,
+                next_outcome: None,
+                job_steps: DEFAULT_JOB_STEPS,
+                input_duration_secs: DEFAULT_INPUT_DURATION_SECS,
             })),
+            jobs_gate: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -266,12 +331,7 @@ impl FakeArm {
 
     /// Adds (or replaces, by name) an asset.
     pub fn add_asset(&self, asset: FakeAsset) {
-        let mut s = self.state();
-        s.assets
-            .retain(|a| !a.name.eq_ignore_ascii_case(&asset.name));
-        s.assets.push(asset);
-        // List order: by name, as in assets-list-all.json.
-        s.assets.sort_by(|a, b| a.name.cmp(&b.name));
+        insert_asset(&mut self.state(), asset);
     }
 
     pub fn remove_asset(&self, name: &str) {
@@ -289,6 +349,82 @@ impl FakeArm {
     /// fake answers two URLs shaped like the example's (not usable against any storage).
     pub fn set_container_sas_minter(&self, minter: SasMinter) {
         self.state().minter = Some(Arc::from(minter));
+    }
+
+    // ---- encoding ----
+
+    /// Where finished jobs write their outputs (and where PUT asset creates containers).
+    /// Without one, a job reaching `Finished` panics with a clear message.
+    pub fn set_output_sink(&self, sink: OutputSink) {
+        self.state().sink = Some(sink);
+    }
+
+    /// While set, every PUT (transform, asset, job) answers this status with ARM's error
+    /// envelope and changes nothing; reads keep working.
+    pub fn set_writes_refused(&self, refusal: Option<WriteRefusal>) {
+        self.state().write_refusal = refusal;
+    }
+
+    /// The next job created ends this way (then back to [`JobOutcome::Finish`]).
+    pub fn set_next_job_outcome(&self, outcome: JobOutcome) {
+        self.state().next_outcome = Some(outcome);
+    }
+
+    /// Job GETs from creation to the final state, for jobs created from now on (default 2).
+    pub fn set_job_steps(&self, steps: usize) {
+        assert!(steps >= 1, "a job needs at least one step");
+        self.state().job_steps = steps;
+    }
+
+    /// The notional duration of every input video (default 60 s): the base of percentages.
+    pub fn set_input_duration(&self, secs: u64) {
+        assert!(secs > 0, "the input duration must be positive");
+        self.state().input_duration_secs = secs;
+    }
+
+    /// The job as Jobs - Get would answer it now, without advancing it.
+    pub fn job(&self, transform: &str, job: &str) -> Option<Value> {
+        let s = self.state();
+        find_job(&s, transform, job).map(|i| job_json(&s, &s.jobs[i]))
+    }
+
+    /// The stored transform's `properties`, as the last PUT sent them.
+    pub fn transform(&self, name: &str) -> Option<Value> {
+        let s = self.state();
+        s.transforms
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .map(|t| t.properties.clone())
+    }
+
+    /// An asset, whether added by the test or created by Assets - CreateOrUpdate.
+    pub fn asset(&self, name: &str) -> Option<FakeAsset> {
+        let s = self.state();
+        s.assets
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+
+    /// Absolute URL of a transform, with `?api-version=2022-07-01`.
+    pub fn transform_url(&self, name: &str) -> String {
+        format!(
+            "{}{}/transforms/{}?api-version={ENCODING_API_VERSION}",
+            self.base_url(),
+            self.account_path(),
+            utf8_percent_encode(name, PATH_SEGMENT)
+        )
+    }
+
+    /// Absolute URL of a job, with `?api-version=2022-07-01`.
+    pub fn job_url(&self, transform: &str, job: &str) -> String {
+        format!(
+            "{}{}/transforms/{}/jobs/{}?api-version={ENCODING_API_VERSION}",
+            self.base_url(),
+            self.account_path(),
+            utf8_percent_encode(transform, PATH_SEGMENT),
+            utf8_percent_encode(job, PATH_SEGMENT)
+        )
     }
 
     // ---- faults ----
@@ -404,10 +540,13 @@ struct Target {
     resource_group: String,
     account: String,
     asset: Option<String>,
+    transform: Option<String>,
+    job: Option<String>,
 }
 
 /// `/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Media/mediaServices/{a}/assets
-/// [/{name}[/listContainerSas]]`, literal segments compared case-insensitively as ARM does.
+/// [/{name}[/listContainerSas]]` or `.../transforms/{t}[/jobs/{j}]`, literal segments compared
+/// case-insensitively as ARM does.
 fn route(method: &Method, path: &str) -> Option<Target> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let literal = |i: usize, expected: &str| {
@@ -425,18 +564,34 @@ fn route(method: &Method, path: &str) -> Option<Target> {
         && literal(2, "resourceGroups")
         && literal(4, "providers")
         && literal(5, "Microsoft.Media")
-        && literal(6, "mediaServices")
-        && literal(8, "assets");
+        && literal(6, "mediaServices");
     if !prefix_ok {
         return None;
     }
-    let (op, asset) = match (method, segments.len()) {
-        (&Method::GET, 9) => (ArmOp::List, None),
-        (&Method::GET, 10) if !segments[9].is_empty() => (ArmOp::Get, Some(value(9))),
-        (&Method::POST, 11) if literal(10, "listContainerSas") && !segments[9].is_empty() => {
-            (ArmOp::ListContainerSas, Some(value(9)))
+    let named = |i: usize| segments.get(i).is_some_and(|s| !s.is_empty());
+    let (op, asset, transform, job) = if literal(8, "assets") {
+        match (method, segments.len()) {
+            (&Method::GET, 9) => (ArmOp::List, None, None, None),
+            (&Method::GET, 10) if named(9) => (ArmOp::Get, Some(value(9)), None, None),
+            (&Method::PUT, 10) if named(9) => (ArmOp::PutAsset, Some(value(9)), None, None),
+            (&Method::POST, 11) if literal(10, "listContainerSas") && named(9) => {
+                (ArmOp::ListContainerSas, Some(value(9)), None, None)
+            }
+            _ => return None,
         }
-        _ => return None,
+    } else if literal(8, "transforms") && named(9) {
+        match (method, segments.len()) {
+            (&Method::PUT, 10) => (ArmOp::PutTransform, None, Some(value(9)), None),
+            (&Method::PUT, 12) if literal(10, "jobs") && named(11) => {
+                (ArmOp::PutJob, None, Some(value(9)), Some(value(11)))
+            }
+            (&Method::GET, 12) if literal(10, "jobs") && named(11) => {
+                (ArmOp::GetJob, None, Some(value(9)), Some(value(11)))
+            }
+            _ => return None,
+        }
+    } else {
+        return None;
     };
     Some(Target {
         op,
@@ -444,6 +599,8 @@ fn route(method: &Method, path: &str) -> Option<Target> {
         resource_group: value(3),
         account: value(7),
         asset,
+        transform,
+        job,
     })
 }
 
@@ -499,8 +656,9 @@ async fn respond(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!(
-                "The fake ARM serves only Assets - Get, Assets - List and \
-                 Assets - ListContainerSas; not {method} {}.",
+                "The fake ARM serves only Assets - Get, List, ListContainerSas and \
+                 CreateOrUpdate, Transforms - CreateOrUpdate and Jobs - Create and Get; not \
+                 {method} {}.",
                 uri.path()
             ),
         );
@@ -556,10 +714,15 @@ async fn respond(
 
     let response = match rejection(&arm, &target, authorization.as_deref(), &query) {
         Some(response) => response,
-        None => match target.op {
-            ArmOp::Get => get_asset(&arm, &target),
-            ArmOp::List => list_assets(&arm, uri.path(), &query, next_link_loop),
-            ArmOp::ListContainerSas => list_container_sas(&arm, &target, &body),
+        None => match (target.op, write_refusal(&arm, target.op)) {
+            (_, Some(refused)) => refused,
+            (ArmOp::Get, None) => get_asset(&arm, &target),
+            (ArmOp::List, None) => list_assets(&arm, uri.path(), &query, next_link_loop),
+            (ArmOp::ListContainerSas, None) => list_container_sas(&arm, &target, &body),
+            (ArmOp::PutTransform, None) => put_transform(&arm, &target, &body),
+            (ArmOp::PutAsset, None) => put_asset(&arm, &target, &body).await,
+            (ArmOp::PutJob, None) => put_job(&arm, &target, &body),
+            (ArmOp::GetJob, None) => get_job(&arm, &target).await,
         },
     };
     if malformed && response.status() == StatusCode::OK {
@@ -592,12 +755,13 @@ fn rejection(
             "The api-version query parameter (?api-version=) is required for all requests.",
         ));
     }
-    if versions.iter().any(|v| *v != API_VERSION) {
+    let supported = target.op.api_version();
+    if versions.iter().any(|v| *v != supported) {
         return Some(arm_error(
             StatusCode::BAD_REQUEST,
             "InvalidApiVersionParameter",
             &format!(
-                "The api-version '{}' is invalid. The supported versions are '{API_VERSION}'.",
+                "The api-version '{}' is invalid. The supported versions are '{supported}'.",
                 versions.join(",")
             ),
         ));
@@ -610,6 +774,10 @@ fn rejection(
             ArmOp::ListContainerSas => {
                 "Microsoft.Media/mediaservices/assets/listContainerSas/action"
             }
+            ArmOp::PutAsset => "Microsoft.Media/mediaservices/assets/write",
+            ArmOp::PutTransform => "Microsoft.Media/mediaservices/transforms/write",
+            ArmOp::PutJob => "Microsoft.Media/mediaservices/transforms/jobs/write",
+            ArmOp::GetJob => "Microsoft.Media/mediaservices/transforms/jobs/read",
         };
         let oid = authorization
             .and_then(bearer_token)
@@ -938,6 +1106,440 @@ fn asset_not_found(s: &ArmState, name: &str) -> Response {
     )
 }
 
+// ---- encoding: assets PUT, transforms, jobs ----
+
+fn insert_asset(s: &mut ArmState, asset: FakeAsset) {
+    s.assets
+        .retain(|a| !a.name.eq_ignore_ascii_case(&asset.name));
+    s.assets.push(asset);
+    // List order: by name, as in assets-list-all.json.
+    s.assets.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// `Some` = every write is refused ([`FakeArm::set_writes_refused`]).
+fn write_refusal(arm: &FakeArm, op: ArmOp) -> Option<Response> {
+    if !op.is_write() {
+        return None;
+    }
+    let refusal = arm.state().write_refusal.clone()?;
+    let status = StatusCode::from_u16(refusal.status).expect("refusal status is a valid code");
+    Some(arm_error(status, &refusal.code, &refusal.message))
+}
+
+/// The body as a JSON object, if it is one (else answer [`invalid_body`]).
+fn parse_body(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+fn invalid_body() -> Response {
+    arm_error(
+        StatusCode::BAD_REQUEST,
+        "InvalidRequestContent",
+        "The request content was invalid and could not be deserialized.",
+    )
+}
+
+fn bad_request(message: &str) -> Response {
+    arm_error(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// Assets - CreateOrUpdate (`assets-create.json`): 201 with a new `assetId` and, unless the
+/// body gives one, the container `asset-<assetId>`; 200 for an existing asset, whose
+/// `alternateId` / `description` the body may change (AMS does not move an asset's container).
+/// `storageAccountName` comes from the body, else it is left out. With an output sink, the
+/// container is created in Azurite (as AMS does; "already exists" is fine).
+async fn put_asset(arm: &FakeArm, target: &Target, body: &[u8]) -> Response {
+    let name = target.asset.clone().unwrap_or_default();
+    let Some(input) = parse_body(body) else {
+        return invalid_body();
+    };
+    let props = &input["properties"];
+    if !(props.is_object() || props.is_null()) {
+        return bad_request("properties must be an object.");
+    }
+    let mut fields = HashMap::new();
+    for key in [
+        "alternateId",
+        "description",
+        "container",
+        "storageAccountName",
+    ] {
+        match props.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) => {
+                fields.insert(key, v.clone());
+            }
+            Some(_) => return bad_request(&format!("properties.{key} must be a string.")),
+        }
+    }
+    if let Some(container) = fields.get("container") {
+        let valid = (3..=63).contains(&container.len())
+            && container
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !container.starts_with('-')
+            && !container.ends_with('-')
+            && !container.contains("--");
+        if !valid {
+            return bad_request(&format!(
+                "properties.container '{container}' is not a valid container name."
+            ));
+        }
+    }
+    let (status, asset, sink) = {
+        let mut s = arm.state();
+        let now = OffsetDateTime::now_utc();
+        let existing = s
+            .assets
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(&name))
+            .cloned();
+        let (status, asset) = match existing {
+            Some(mut asset) => {
+                if let Some(v) = fields.get("alternateId") {
+                    asset.alternate_id = Some(v.clone());
+                }
+                if let Some(v) = fields.get("description") {
+                    asset.description = Some(v.clone());
+                }
+                asset.last_modified = now;
+                (StatusCode::OK, asset)
+            }
+            None => {
+                let mut asset = FakeAsset::new(&name, Uuid::new_v4());
+                asset.alternate_id = fields.get("alternateId").cloned();
+                asset.description = fields.get("description").cloned();
+                asset.container = fields.get("container").cloned();
+                asset.storage_account_name = fields.get("storageAccountName").cloned();
+                (StatusCode::CREATED, asset)
+            }
+        };
+        insert_asset(&mut s, asset.clone());
+        (status, asset, s.sink.clone())
+    };
+    if let Some(sink) = sink {
+        let container = asset.container_name();
+        if let Err(e) = sink.create_container(&container).await {
+            panic!("FakeArm: creating the container of asset '{name}' in the output sink: {e}");
+        }
+    }
+    let s = arm.state();
+    let template = if status == StatusCode::CREATED {
+        &templates().asset_created
+    } else {
+        &templates().asset_updated
+    };
+    json_response(status, &asset_json(template, &asset, &s))
+}
+
+/// Transforms - CreateOrUpdate (`transforms-create.json`): the body's `properties` are
+/// validated ([`fake_encoder::ams_validate_transform`]; 400 `BadRequest` naming the field) and
+/// stored; 201 on create, 200 on update (`created` kept, `lastModified` now).
+fn put_transform(arm: &FakeArm, target: &Target, body: &[u8]) -> Response {
+    let name = target.transform.clone().unwrap_or_default();
+    let Some(input) = parse_body(body) else {
+        return invalid_body();
+    };
+    let properties = &input["properties"];
+    if let Err(message) = fake_encoder::ams_validate_transform(properties) {
+        return bad_request(&format!("Invalid transform '{name}': {message}."));
+    }
+    let mut s = arm.state();
+    let now = OffsetDateTime::now_utc();
+    let status = match s
+        .transforms
+        .iter_mut()
+        .find(|t| t.name.eq_ignore_ascii_case(&name))
+    {
+        Some(existing) => {
+            existing.properties = properties.clone();
+            existing.last_modified = now;
+            StatusCode::OK
+        }
+        None => {
+            s.transforms.push(StoredTransform {
+                name: name.clone(),
+                properties: properties.clone(),
+                created: now,
+                last_modified: now,
+            });
+            StatusCode::CREATED
+        }
+    };
+    let stored = s
+        .transforms
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(&name))
+        .expect("just stored");
+    json_response(status, &transform_json(&s, stored))
+}
+
+fn find_job(s: &ArmState, transform: &str, job: &str) -> Option<usize> {
+    s.jobs.iter().position(|j| {
+        j.transform.eq_ignore_ascii_case(transform) && j.name.eq_ignore_ascii_case(job)
+    })
+}
+
+fn resource_not_found(s: &ArmState, resource: &str) -> Response {
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        &format!(
+            "The Resource 'Microsoft.Media/mediaservices/{}/{resource}' under resource group \
+             '{}' was not found. For more details please go to \
+             https://aka.ms/ARMResourceNotFoundFix",
+            s.account, s.resource_group
+        ),
+    )
+}
+
+/// Jobs - Create (`jobs-create.json`). Errors: an unknown transform is 404 `ResourceNotFound`;
+/// a body that is not a `JobInputAsset` → `JobOutputAsset`s job, one output per transform
+/// output, is 400 `BadRequest`; an input or output asset that does not exist is 400
+/// `BadRequest` naming it (AMS requires both to exist before the job is submitted). A PUT on an
+/// existing job answers 200 with that job unchanged: AMS only lets `description` / `priority`
+/// be updated and never starts a new run. A new job answers 201, `Queued`, its outputs `Queued`
+/// at progress 0 with `label` `{presetName}_{index}` unless given, `correlationData` echoed,
+/// and the input with the `files` / `inputDefinitions` defaults the example shows.
+fn put_job(arm: &FakeArm, target: &Target, body: &[u8]) -> Response {
+    let transform_name = target.transform.clone().unwrap_or_default();
+    let job_name = target.job.clone().unwrap_or_default();
+    let Some(input) = parse_body(body) else {
+        return invalid_body();
+    };
+    let mut s = arm.state();
+    let Some(transform) = s
+        .transforms
+        .iter()
+        .find(|t| t.name.eq_ignore_ascii_case(&transform_name))
+        .cloned()
+    else {
+        return resource_not_found(&s, &format!("transforms/{transform_name}"));
+    };
+    if let Some(i) = find_job(&s, &transform_name, &job_name) {
+        return json_response(StatusCode::OK, &job_json(&s, &s.jobs[i]));
+    }
+    let request = match fake_encoder::parse_job_request(&input) {
+        Ok(request) => request,
+        Err(message) => return bad_request(&format!("Invalid job '{job_name}': {message}.")),
+    };
+    let presets: Vec<Value> = transform.properties["outputs"]
+        .as_array()
+        .map(|o| o.iter().map(|x| x["preset"].clone()).collect())
+        .unwrap_or_default();
+    if request.output_assets.len() != presets.len() {
+        return bad_request(&format!(
+            "The job has {} outputs but transform '{}' has {}: a job needs one JobOutput per \
+             TransformOutput, in the same order.",
+            request.output_assets.len(),
+            transform.name,
+            presets.len()
+        ));
+    }
+    let exists = |name: &str| s.assets.iter().any(|a| a.name.eq_ignore_ascii_case(name));
+    if !exists(&request.input_asset) {
+        return bad_request(&format!(
+            "The input asset '{}' was not found in account '{}'.",
+            request.input_asset, s.account
+        ));
+    }
+    for (asset, _) in &request.output_assets {
+        if !exists(asset) {
+            return bad_request(&format!(
+                "The output asset '{asset}' was not found in account '{}': output assets must \
+                 be created before the job is submitted.",
+                s.account
+            ));
+        }
+    }
+    let mut job_input = request.input.clone();
+    for key in ["files", "inputDefinitions"] {
+        if job_input.get(key).is_none_or(Value::is_null) {
+            job_input[key] = json!([]);
+        }
+    }
+    let outputs = request
+        .output_assets
+        .iter()
+        .zip(&presets)
+        .enumerate()
+        .map(|(i, ((asset, label), preset))| JobOutputSpec {
+            asset_name: asset.clone(),
+            label: label
+                .clone()
+                .unwrap_or_else(|| fake_encoder::default_output_label(preset, i)),
+            preset: preset.clone(),
+        })
+        .collect();
+    let outcome = s.next_outcome.take().unwrap_or(JobOutcome::Finish);
+    let record = JobRecord {
+        transform: transform.name.clone(),
+        name: job_name,
+        input: job_input,
+        outputs,
+        description: request.description,
+        priority: request.priority,
+        correlation_data: request.correlation_data,
+        run: JobRun::new(s.job_steps, outcome),
+    };
+    let body = job_json(&s, &record);
+    s.jobs.push(record);
+    json_response(StatusCode::CREATED, &body)
+}
+
+/// Jobs - Get: 404 `ResourceNotFound` for an unknown job; otherwise one step of the run (see
+/// [`fake_encoder::JobRun`]) and the job. The GET that reaches `Finished` writes the outputs
+/// into the sink's Azurite before answering; a run without an input video ends in `Error`
+/// (`ContentMalformed`, `Content`, `DoNotRetry`).
+async fn get_job(arm: &FakeArm, target: &Target) -> Response {
+    let transform_name = target.transform.clone().unwrap_or_default();
+    let job_name = target.job.clone().unwrap_or_default();
+    let _gate = arm.jobs_gate.lock().await;
+    let work = {
+        let mut s = arm.state();
+        let Some(i) = find_job(&s, &transform_name, &job_name) else {
+            return resource_not_found(&s, &format!("transforms/{transform_name}/jobs/{job_name}"));
+        };
+        match s.jobs[i].run.advance() {
+            Advance::Done => None,
+            Advance::Final(outcome @ JobOutcome::Fail { .. }) => {
+                s.jobs[i].run.fail(&outcome);
+                None
+            }
+            Advance::Final(JobOutcome::Finish) => {
+                let job = &s.jobs[i];
+                let folder = |name: &str| {
+                    s.assets
+                        .iter()
+                        .find(|a| a.name.eq_ignore_ascii_case(name))
+                        .map(|a| (a.container_name(), None))
+                };
+                let work = fake_encoder::Encoding {
+                    job: format!("{}/{}", job.transform, job.name),
+                    input_asset: job.input_asset().to_owned(),
+                    input: folder(job.input_asset()),
+                    files: job.input_files(),
+                    outputs: job
+                        .outputs
+                        .iter()
+                        .map(|o| {
+                            (
+                                o.asset_name.clone(),
+                                folder(&o.asset_name),
+                                o.preset.clone(),
+                            )
+                        })
+                        .collect(),
+                };
+                Some((work, s.sink.clone(), s.input_duration_secs))
+            }
+        }
+    };
+    if let Some((work, sink, duration)) = work {
+        let Some(sink) = sink else {
+            panic!(
+                "FakeArm: job '{}' reached Finished but no output sink is set: call \
+                 FakeArm::set_output_sink(OutputSink {{ blob_endpoint: azurite.blob_endpoint }}) \
+                 so that finished jobs write their thumbnails into Azurite",
+                work.job
+            );
+        };
+        let result = work
+            .run(&sink, |preset, video| {
+                fake_encoder::ams_outputs(
+                    preset,
+                    &fake_encoder::video_basename(video, AMS_BASENAME_MAX),
+                    duration,
+                )
+            })
+            .await;
+        let mut s = arm.state();
+        if let Some(i) = find_job(&s, &transform_name, &job_name) {
+            match result {
+                Ok(()) => s.jobs[i].run.finish(),
+                Err(outcome) => s.jobs[i].run.fail(&outcome),
+            }
+        }
+    }
+    let s = arm.state();
+    match find_job(&s, &transform_name, &job_name) {
+        Some(i) => json_response(StatusCode::OK, &job_json(&s, &s.jobs[i])),
+        None => resource_not_found(&s, &format!("transforms/{transform_name}/jobs/{job_name}")),
+    }
+}
+
+fn rfc3339(t: &OffsetDateTime) -> Value {
+    json!(t.format(&Rfc3339).expect("RFC 3339"))
+}
+
+/// `systemData` of the examples with these times.
+fn system_data(template: &Value, created: &OffsetDateTime, modified: &OffsetDateTime) -> Value {
+    let mut data = template["systemData"].clone();
+    data["createdAt"] = rfc3339(created);
+    data["lastModifiedAt"] = rfc3339(modified);
+    data
+}
+
+/// `transforms-create.json`'s answer for this transform: its `properties` as PUT, with the
+/// outputs' defaults (`onError` `StopProcessingJob`, `relativePriority` `Normal`), `created`
+/// and `lastModified`.
+fn transform_json(s: &ArmState, transform: &StoredTransform) -> Value {
+    let template = &templates().transform;
+    let mut v = template.clone();
+    v["name"] = json!(transform.name);
+    v["id"] = json!(resource_id(
+        template["id"]
+            .as_str()
+            .expect("example transform has an id"),
+        s,
+        &[("transforms", &transform.name)]
+    ));
+    let mut props = fake_encoder::transform_properties_with_defaults(&transform.properties);
+    props["created"] = rfc3339(&transform.created);
+    props["lastModified"] = rfc3339(&transform.last_modified);
+    v["properties"] = props;
+    v["systemData"] = system_data(template, &transform.created, &transform.last_modified);
+    v
+}
+
+/// `jobs-create.json`'s answer shape for this job as it is now (`startTime` once processing,
+/// `endTime` and `outputs[].error` when final).
+fn job_json(s: &ArmState, job: &JobRecord) -> Value {
+    let template = &templates().job;
+    let mut v = template.clone();
+    v["name"] = json!(job.name);
+    v["id"] = json!(resource_id(
+        template["id"].as_str().expect("example job has an id"),
+        s,
+        &[("transforms", &job.transform), ("jobs", &job.name)]
+    ));
+    v["properties"] = job.properties_json(true);
+    v["systemData"] = system_data(template, &job.run.created, &job.run.last_modified);
+    v
+}
+
+/// The example's resource id with our scope and these child names (after the segment named
+/// like the key, case-insensitively).
+fn resource_id(example_id: &str, s: &ArmState, names: &[(&str, &str)]) -> String {
+    let mut segments: Vec<String> = example_id.split('/').map(str::to_owned).collect();
+    for i in 1..segments.len() {
+        let key = segments[i - 1].to_ascii_lowercase();
+        let replacement = match key.as_str() {
+            "subscriptions" => s.subscription_id.as_str(),
+            "resourcegroups" => s.resource_group.as_str(),
+            "mediaservices" => s.account.as_str(),
+            _ => match names.iter().find(|(k, _)| *k == key) {
+                Some((_, name)) => name,
+                None => continue,
+            },
+        };
+        segments[i] = replacement.to_owned();
+    }
+    segments.join("/")
+}
+
 // ---- $filter / $skiptoken ----
 
 /// The `$filter` forms AMS documents for assets that the service uses.
@@ -1031,6 +1633,13 @@ struct Templates {
     list: Value,
     list_item: Value,
     sas: Value,
+    /// `assets-create.json` `responses.201.body` / `responses.200.body`
+    asset_created: Value,
+    asset_updated: Value,
+    /// `transforms-create.json` `responses.201.body`
+    transform: Value,
+    /// `jobs-create.json` `responses.201.body`
+    job: Value,
     params: ExampleParams,
 }
 
@@ -1071,6 +1680,10 @@ fn templates() -> &'static Templates {
                 "assets-list-sas-urls.json",
                 &load_example("assets-list-sas-urls.json"),
             ),
+            asset_created: response_body("assets-create.json", "201"),
+            asset_updated: response_body("assets-create.json", "200"),
+            transform: response_body("transforms-create.json", "201"),
+            job: response_body("jobs-create.json", "201"),
         }
     })
 }
@@ -1096,6 +1709,16 @@ pub fn load_example(file: &str) -> Value {
         .unwrap_or_else(|e| panic!("AMS example {} is not JSON: {e}", path.display()))
 }
 
+/// `responses.{status}.body` of an example file.
+fn response_body(file: &str, status: &str) -> Value {
+    let body = &load_example(file)["responses"][status]["body"];
+    assert!(
+        body.is_object(),
+        "{file} has no responses.{status}.body object"
+    );
+    body.clone()
+}
+
 fn example_body(file: &str, example: &Value) -> Value {
     let body = &example["responses"]["200"]["body"];
     assert!(body.is_object(), "{file} has no responses.200.body object");
@@ -1119,10 +1742,12 @@ const ASSET_PROPERTIES: &[&str] = &[
 fn asset_json(template: &Value, asset: &FakeAsset, s: &ArmState) -> Value {
     let mut v = template.clone();
     v["name"] = json!(asset.name);
-    v["id"] = json!(asset_resource_id(
+    // The example's literal segments (notably the lower-case `mediaservices` ARM returns) are
+    // kept as they are.
+    v["id"] = json!(resource_id(
         template["id"].as_str().expect("example asset has an id"),
         s,
-        &asset.name
+        &[("assets", &asset.name)]
     ));
     let props = v["properties"]
         .as_object_mut()
@@ -1156,23 +1781,6 @@ fn set_or_remove(props: &mut Map<String, Value>, key: &str, value: Option<&str>)
             props.remove(key);
         }
     }
-}
-
-/// The example's resource id with our scope and name: its literal segments (notably the
-/// lower-case `mediaservices` ARM returns) are kept as they are.
-fn asset_resource_id(example_id: &str, s: &ArmState, name: &str) -> String {
-    let mut segments: Vec<String> = example_id.split('/').map(str::to_owned).collect();
-    for i in 1..segments.len() {
-        let replacement = match segments[i - 1].to_ascii_lowercase().as_str() {
-            "subscriptions" => &s.subscription_id,
-            "resourcegroups" => &s.resource_group,
-            "mediaservices" => &s.account,
-            "assets" => name,
-            _ => continue,
-        };
-        segments[i] = replacement.to_owned();
-    }
-    segments.join("/")
 }
 
 // ---- responses ----

@@ -5,6 +5,14 @@
 //! - `GET /api/v1/projects/{project}/media/assets[?$filter][&$top][&$skiptoken]` (List Assets,
 //!   paged with `@odata.nextLink`: absolute, root-relative or query-only, as chosen)
 //! - `GET /api/v1/projects/{project}/media/storage/{name}` (Get Storage)
+//! - `PUT /api/v1/projects/{project}/media/assets/{name}` (Create or Update Asset:
+//!   `AssetPutSchema`, 201 then 200; `properties.storageAccountName` required)
+//! - `PUT /api/v1/projects/{project}/media/transforms/{t}` (`TransformPutSchema` with a
+//!   `#MediaKind.ThumbnailGeneratorPreset`, 201 then 200, see
+//!   [`super::fake_encoder::mkio_validate_transform`])
+//! - `PUT|GET /api/v1/projects/{project}/media/transforms/{t}/jobs/{j}` (`JobPutSchema` /
+//!   `JobSchema`; the state machine, the file names and what a finished job writes into Azurite
+//!   are in [`super::fake_encoder`])
 //!
 //! Every body is built from the MediaKind documentation payloads in
 //! `tests/fixtures/mkio-examples/` (loaded at run time, fields substituted), so the fake cannot
@@ -31,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
@@ -42,6 +51,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
+use super::fake_encoder::{
+    self, Advance, DEFAULT_INPUT_DURATION_SECS, DEFAULT_JOB_STEPS, JobOutcome, JobOutputSpec,
+    JobRecord, JobRun, OutputSink, WriteRefusal,
+};
 use super::fake_entra::{json_response, json_text_response};
 use super::tls::{self, TestPki};
 
@@ -167,6 +180,23 @@ pub enum MkioOp {
     GetAsset,
     ListAssets,
     GetStorage,
+    /// `PUT …/media/transforms/{t}`
+    PutTransform,
+    /// `PUT …/media/assets/{name}`
+    PutAsset,
+    /// `PUT …/media/transforms/{t}/jobs/{j}`
+    PutJob,
+    /// `GET …/media/transforms/{t}/jobs/{j}`
+    GetJob,
+}
+
+impl MkioOp {
+    fn is_write(self) -> bool {
+        matches!(
+            self,
+            MkioOp::PutTransform | MkioOp::PutAsset | MkioOp::PutJob
+        )
+    }
 }
 
 /// A fault for the next request of one operation, consumed in order (before the token check).
@@ -201,6 +231,18 @@ pub enum NextLinkForm {
 #[derive(Clone)]
 pub struct FakeMkio {
     state: Arc<Mutex<MkioState>>,
+    /// Serialises job GETs, so a run is finalised (outputs written) exactly once.
+    jobs_gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A transform as PUT.
+#[derive(Clone, Debug)]
+struct StoredTransform {
+    name: String,
+    /// The request's `properties`.
+    properties: Value,
+    created: OffsetDateTime,
+    last_modified: OffsetDateTime,
 }
 
 struct MkioState {
@@ -218,6 +260,13 @@ struct MkioState {
     total_hits: usize,
     filters: Vec<String>,
     last_authorization: Option<String>,
+    transforms: Vec<StoredTransform>,
+    jobs: Vec<JobRecord>,
+    sink: Option<OutputSink>,
+    write_refusal: Option<WriteRefusal>,
+    next_outcome: Option<JobOutcome>,
+    job_steps: usize,
+    input_duration_secs: u64,
 }
 
 impl Default for FakeMkio {
@@ -251,7 +300,15 @@ impl FakeMkio {
                 total_hits: 0,
                 filters: Vec::new(),
                 last_authorization: None,
+                transforms: Vec::new(),
+                jobs: Vec::new(),
+                sink: None,
+                write_refusal: None,
+                next_outcome: None,
+                job_steps: DEFAULT_JOB_STEPS,
+                input_duration_secs: DEFAULT_INPUT_DURATION_SECS,
             })),
+            jobs_gate: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -321,11 +378,7 @@ impl FakeMkio {
 
     /// Adds (or replaces, by name) an asset.
     pub fn add_asset(&self, asset: FakeMkioAsset) {
-        let mut s = self.state();
-        s.assets
-            .retain(|a| !a.name.eq_ignore_ascii_case(&asset.name));
-        s.assets.push(asset);
-        s.assets.sort_by(|a, b| a.name.cmp(&b.name));
+        insert_asset(&mut self.state(), asset);
     }
 
     pub fn remove_asset(&self, name: &str) {
@@ -348,6 +401,79 @@ impl FakeMkio {
     /// When set, requests with the right token get 403 (the token lacks the capability).
     pub fn set_forbidden(&self, forbidden: bool) {
         self.state().forbidden = forbidden;
+    }
+
+    // ---- encoding ----
+
+    /// Where finished jobs write their outputs (and where PUT asset creates containers).
+    /// Without one, a job reaching `Finished` panics with a clear message.
+    pub fn set_output_sink(&self, sink: OutputSink) {
+        self.state().sink = Some(sink);
+    }
+
+    /// While set, every PUT (transform, asset, job) answers this status with MK.IO's error
+    /// envelope and changes nothing; reads keep working.
+    pub fn set_writes_refused(&self, refusal: Option<WriteRefusal>) {
+        self.state().write_refusal = refusal;
+    }
+
+    /// The next job created ends this way (then back to [`JobOutcome::Finish`]).
+    pub fn set_next_job_outcome(&self, outcome: JobOutcome) {
+        self.state().next_outcome = Some(outcome);
+    }
+
+    /// Job GETs from creation to the final state, for jobs created from now on (default 2).
+    pub fn set_job_steps(&self, steps: usize) {
+        assert!(steps >= 1, "a job needs at least one step");
+        self.state().job_steps = steps;
+    }
+
+    /// The notional duration of every input video (default 60 s): the base of percentages.
+    pub fn set_input_duration(&self, secs: u64) {
+        assert!(secs > 0, "the input duration must be positive");
+        self.state().input_duration_secs = secs;
+    }
+
+    /// The job as GET would answer it now, without advancing it.
+    pub fn job(&self, transform: &str, job: &str) -> Option<Value> {
+        let s = self.state();
+        find_job(&s, transform, job).map(|i| job_json(&s.jobs[i]))
+    }
+
+    /// The stored transform's `properties`, as the last PUT sent them.
+    pub fn transform(&self, name: &str) -> Option<Value> {
+        self.state()
+            .transforms
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.properties.clone())
+    }
+
+    /// An asset, whether added by the test or created by PUT.
+    pub fn asset(&self, name: &str) -> Option<FakeMkioAsset> {
+        self.state()
+            .assets
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .cloned()
+    }
+
+    /// `{media_url}/transforms/{name}`
+    pub fn transform_url(&self, name: &str) -> String {
+        format!(
+            "{}/transforms/{}",
+            self.media_url(),
+            utf8_percent_encode(name, PATH_SEGMENT)
+        )
+    }
+
+    /// `{media_url}/transforms/{transform}/jobs/{job}`
+    pub fn job_url(&self, transform: &str, job: &str) -> String {
+        format!(
+            "{}/jobs/{}",
+            self.transform_url(transform),
+            utf8_percent_encode(job, PATH_SEGMENT)
+        )
     }
 
     // ---- faults ----
@@ -456,12 +582,16 @@ impl FakeMkio {
 struct Target {
     op: MkioOp,
     project: String,
+    /// The asset, storage or transform.
     name: Option<String>,
+    job: Option<String>,
 }
 
-/// `/api/v1/projects/{project}/media/{assets[/{name}] | storage/{name}}`, GET only.
+/// `/api/v1/projects/{project}/media/` + GET `assets[/{name}]`, `storage/{name}`,
+/// `transforms/{t}/jobs/{j}`; PUT `assets/{name}`, `transforms/{t}[/jobs/{j}]`.
 fn route(method: &Method, path: &str) -> Option<Target> {
-    if method != Method::GET {
+    let get = method == Method::GET;
+    if !get && method != Method::PUT {
         return None;
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -477,16 +607,24 @@ fn route(method: &Method, path: &str) -> Option<Target> {
     if !prefix_ok {
         return None;
     }
-    let (op, name) = match (segments[5], segments.len()) {
-        ("assets", 6) => (MkioOp::ListAssets, None),
-        ("assets", 7) if !segments[6].is_empty() => (MkioOp::GetAsset, Some(value(6))),
-        ("storage", 7) if !segments[6].is_empty() => (MkioOp::GetStorage, Some(value(6))),
+    let named = |i: usize| segments.get(i).is_some_and(|s| !s.is_empty());
+    let (op, job) = match (segments[5], segments.len(), get) {
+        ("assets", 6, true) => (MkioOp::ListAssets, None),
+        ("assets", 7, true) if named(6) => (MkioOp::GetAsset, None),
+        ("assets", 7, false) if named(6) => (MkioOp::PutAsset, None),
+        ("storage", 7, true) if named(6) => (MkioOp::GetStorage, None),
+        ("transforms", 7, false) if named(6) => (MkioOp::PutTransform, None),
+        ("transforms", 9, _) if named(6) && segments[7] == "jobs" && named(8) => {
+            let op = if get { MkioOp::GetJob } else { MkioOp::PutJob };
+            (op, Some(value(8)))
+        }
         _ => return None,
     };
     Some(Target {
         op,
         project: value(3),
-        name,
+        name: (segments.len() > 6).then(|| value(6)),
+        job,
     })
 }
 
@@ -495,6 +633,7 @@ async fn handle(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
     let target = route(&method, uri.path());
     let authorization = headers
@@ -571,12 +710,19 @@ async fn handle(
         Some(MkioFault::NextLinkLoop) => next_link_loop = true,
     }
 
+    let name = target.name.clone().unwrap_or_default();
+    let job = target.job.clone().unwrap_or_default();
     let response = match rejection(&mkio, &target, authorization.as_deref()) {
         Some(rejected) => rejected,
-        None => match target.op {
-            MkioOp::GetAsset => get_asset(&mkio, target.name.as_deref().unwrap_or_default()),
-            MkioOp::ListAssets => list_assets(&mkio, uri.path(), &query, next_link_loop),
-            MkioOp::GetStorage => get_storage(&mkio, target.name.as_deref().unwrap_or_default()),
+        None => match (target.op, write_refusal(&mkio, target.op)) {
+            (_, Some(refused)) => refused,
+            (MkioOp::GetAsset, None) => get_asset(&mkio, &name),
+            (MkioOp::ListAssets, None) => list_assets(&mkio, uri.path(), &query, next_link_loop),
+            (MkioOp::GetStorage, None) => get_storage(&mkio, &name),
+            (MkioOp::PutAsset, None) => put_asset(&mkio, &name, &body).await,
+            (MkioOp::PutTransform, None) => put_transform(&mkio, &name, &body),
+            (MkioOp::PutJob, None) => put_job(&mkio, &name, &job, &body),
+            (MkioOp::GetJob, None) => get_job(&mkio, &name, &job).await,
         },
     };
     if malformed && response.status() == StatusCode::OK {
@@ -606,6 +752,10 @@ fn rejection(mkio: &FakeMkio, target: &Target, authorization: Option<&str>) -> O
         let capability = match target.op {
             MkioOp::GetAsset | MkioOp::ListAssets => "ams.asset.get",
             MkioOp::GetStorage => "ams.storage.get",
+            MkioOp::PutAsset => "ams.asset.create",
+            MkioOp::PutTransform => "ams.transform.create",
+            MkioOp::PutJob => "ams.job.create",
+            MkioOp::GetJob => "ams.job.get",
         };
         return Some(mkio_error(
             StatusCode::FORBIDDEN,
@@ -772,6 +922,406 @@ fn list_assets(
         }
     }
     json_response(StatusCode::OK, &body)
+}
+
+// ---- encoding: assets PUT, transforms, jobs ----
+
+fn insert_asset(s: &mut MkioState, asset: FakeMkioAsset) {
+    s.assets
+        .retain(|a| !a.name.eq_ignore_ascii_case(&asset.name));
+    s.assets.push(asset);
+    s.assets.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// `Some` = every write is refused ([`FakeMkio::set_writes_refused`]).
+fn write_refusal(mkio: &FakeMkio, op: MkioOp) -> Option<Response> {
+    if !op.is_write() {
+        return None;
+    }
+    let refusal = mkio.state().write_refusal.clone()?;
+    let status = StatusCode::from_u16(refusal.status).expect("refusal status is a valid code");
+    Some(mkio_error(status, &refusal.code, &refusal.message))
+}
+
+fn bad_request(detail: &str) -> Response {
+    mkio_error(StatusCode::BAD_REQUEST, "BadRequest", detail)
+}
+
+/// The body as a JSON object, if it is one (else answer [`invalid_body`]).
+fn parse_body(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(Value::is_object)
+}
+
+fn invalid_body() -> Response {
+    bad_request("The request body is not a JSON object.")
+}
+
+/// `AssetProperties.container`'s pattern: 3-63 of `[a-z0-9-]`, no leading, trailing or double
+/// `-`.
+fn valid_container(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// Create or Update Asset (`AssetPutSchema`). Create (201): `properties.storageAccountName` is
+/// required and must name a storage instance of the project (400 otherwise), `container`
+/// defaults to `asset-<assetId>`, `subPath` is optional (not empty, no leading `.` or `/`, no
+/// trailing `/`). Update (200): as the openapi says, only `description` (and `labels`) change.
+/// With an output sink, the container is created in Azurite ("already exists" is fine).
+async fn put_asset(mkio: &FakeMkio, name: &str, body: &[u8]) -> Response {
+    let Some(input) = parse_body(body) else {
+        return invalid_body();
+    };
+    let props = &input["properties"];
+    if !props.is_object() {
+        return bad_request("properties is required and must be an object.");
+    }
+    let mut fields = HashMap::new();
+    for key in [
+        "storageAccountName",
+        "container",
+        "subPath",
+        "description",
+        "alternateId",
+    ] {
+        match props.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) => {
+                fields.insert(key, v.clone());
+            }
+            Some(_) => return bad_request(&format!("properties.{key} must be a string.")),
+        }
+    }
+    let mut labels = BTreeMap::new();
+    match input.get("labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let Some(v) = v.as_str() else {
+                    return bad_request(&format!("labels.{k} must be a string."));
+                };
+                labels.insert(k.clone(), v.to_owned());
+            }
+        }
+        Some(_) => return bad_request("labels must be an object."),
+    }
+    let (status, asset, sink) = {
+        let mut s = mkio.state();
+        let existing = s
+            .assets
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+            .cloned();
+        let (status, asset) = match existing {
+            Some(mut asset) => {
+                if let Some(v) = fields.get("description") {
+                    asset.description = Some(v.clone());
+                }
+                if input.get("labels").is_some() {
+                    asset.labels = labels;
+                }
+                (StatusCode::OK, asset)
+            }
+            None => {
+                let Some(storage) = fields.get("storageAccountName") else {
+                    return bad_request("properties.storageAccountName is required.");
+                };
+                if !s.storages.iter().any(|x| &x.name == storage) {
+                    return bad_request(&format!(
+                        "properties.storageAccountName: storage '{storage}' is not registered \
+                         in project '{}'.",
+                        s.project
+                    ));
+                }
+                if let Some(container) = fields.get("container")
+                    && !valid_container(container)
+                {
+                    return bad_request(&format!(
+                        "properties.container '{container}' is not a valid container name."
+                    ));
+                }
+                if let Some(sub) = fields.get("subPath")
+                    && (sub.is_empty()
+                        || sub.starts_with('.')
+                        || sub.starts_with('/')
+                        || sub.ends_with('/'))
+                {
+                    return bad_request(&format!(
+                        "properties.subPath '{sub}' must be a directory path that does not start \
+                         with '.' or '/' nor end with '/'."
+                    ));
+                }
+                let mut asset = FakeMkioAsset::new(name, Uuid::new_v4()).storage(Some(storage));
+                asset.container = fields.get("container").cloned();
+                asset.sub_path = fields.get("subPath").cloned();
+                asset.description = fields.get("description").cloned();
+                asset.alternate_id = fields.get("alternateId").cloned();
+                asset.labels = labels;
+                (StatusCode::CREATED, asset)
+            }
+        };
+        insert_asset(&mut s, asset.clone());
+        (status, asset, s.sink.clone())
+    };
+    if let Some(sink) = sink {
+        let container = asset.container_name();
+        if let Err(e) = sink.create_container(&container).await {
+            panic!("FakeMkio: creating the container of asset '{name}' in the output sink: {e}");
+        }
+    }
+    json_response(status, &asset_json(&asset))
+}
+
+/// PUT transform (`TransformPutSchema`): the `properties` are validated
+/// ([`fake_encoder::mkio_validate_transform`]; 400 naming the field) and stored; 201 on create,
+/// 200 on update.
+fn put_transform(mkio: &FakeMkio, name: &str, body: &[u8]) -> Response {
+    let Some(input) = parse_body(body) else {
+        return invalid_body();
+    };
+    let properties = &input["properties"];
+    if let Err(message) = fake_encoder::mkio_validate_transform(properties) {
+        return bad_request(&format!("Invalid transform '{name}': {message}."));
+    }
+    let mut s = mkio.state();
+    let now = OffsetDateTime::now_utc();
+    let status = match s.transforms.iter_mut().find(|t| t.name == name) {
+        Some(existing) => {
+            existing.properties = properties.clone();
+            existing.last_modified = now;
+            StatusCode::OK
+        }
+        None => {
+            s.transforms.push(StoredTransform {
+                name: name.to_owned(),
+                properties: properties.clone(),
+                created: now,
+                last_modified: now,
+            });
+            StatusCode::CREATED
+        }
+    };
+    let stored = s
+        .transforms
+        .iter()
+        .find(|t| t.name == name)
+        .expect("just stored");
+    json_response(status, &transform_json(stored))
+}
+
+fn find_job(s: &MkioState, transform: &str, job: &str) -> Option<usize> {
+    s.jobs
+        .iter()
+        .position(|j| j.transform == transform && j.name == job)
+}
+
+/// PUT job (`JobPutSchema`). An unknown transform is 404 `NotFound`; a body that is not a
+/// `JobInputAsset` → `JobOutputAsset`s job, one output per transform output, is 400; an input
+/// or output asset that does not exist is 400 naming it (output assets must exist first, as in
+/// AMS). A PUT on an existing job answers 200 with that job unchanged (no new run). A new job
+/// answers 201, `Queued`, its outputs `Queued` at progress 0, `label`
+/// `ThumbnailGeneratorPreset_{index}` unless given.
+fn put_job(mkio: &FakeMkio, transform_name: &str, job_name: &str, body: &[u8]) -> Response {
+    let Some(input) = parse_body(body) else {
+        return invalid_body();
+    };
+    let mut s = mkio.state();
+    let Some(transform) = s
+        .transforms
+        .iter()
+        .find(|t| t.name == transform_name)
+        .cloned()
+    else {
+        return mkio_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Transform '{transform_name}' not found."),
+        );
+    };
+    if let Some(i) = find_job(&s, transform_name, job_name) {
+        return json_response(StatusCode::OK, &job_json(&s.jobs[i]));
+    }
+    let request = match fake_encoder::parse_job_request(&input) {
+        Ok(request) => request,
+        Err(message) => return bad_request(&format!("Invalid job '{job_name}': {message}.")),
+    };
+    let presets: Vec<Value> = transform.properties["outputs"]
+        .as_array()
+        .map(|o| o.iter().map(|x| x["preset"].clone()).collect())
+        .unwrap_or_default();
+    if request.output_assets.len() != presets.len() {
+        return bad_request(&format!(
+            "The job has {} outputs but transform '{transform_name}' has {}.",
+            request.output_assets.len(),
+            presets.len()
+        ));
+    }
+    let exists = |name: &str| s.assets.iter().any(|a| a.name.eq_ignore_ascii_case(name));
+    if !exists(&request.input_asset) {
+        return bad_request(&format!(
+            "properties.input.assetName: asset '{}' not found.",
+            request.input_asset
+        ));
+    }
+    for (i, (asset, _)) in request.output_assets.iter().enumerate() {
+        if !exists(asset) {
+            return bad_request(&format!(
+                "properties.outputs[{i}].assetName: asset '{asset}' not found (output assets \
+                 must be created before the job)."
+            ));
+        }
+    }
+    let outputs = request
+        .output_assets
+        .iter()
+        .zip(&presets)
+        .enumerate()
+        .map(|(i, ((asset, label), preset))| JobOutputSpec {
+            asset_name: asset.clone(),
+            label: label
+                .clone()
+                .unwrap_or_else(|| fake_encoder::default_output_label(preset, i)),
+            preset: preset.clone(),
+        })
+        .collect();
+    let outcome = s.next_outcome.take().unwrap_or(JobOutcome::Finish);
+    let record = JobRecord {
+        transform: transform.name.clone(),
+        name: job_name.to_owned(),
+        input: request.input.clone(),
+        outputs,
+        description: request.description,
+        priority: request.priority,
+        correlation_data: request.correlation_data,
+        run: JobRun::new(s.job_steps, outcome),
+    };
+    let body = job_json(&record);
+    s.jobs.push(record);
+    json_response(StatusCode::CREATED, &body)
+}
+
+/// GET job: 404 `NotFound` for an unknown job; otherwise one step of the run (see
+/// [`fake_encoder::JobRun`]) and the job (`JobSchema`). The GET that reaches `Finished` writes
+/// the outputs into the output asset's container, under its `subPath`, before answering; a run
+/// without an input video (looked for under the input asset's `subPath`) ends in `Error`
+/// (`ContentMalformed`, `Content`, `DoNotRetry`).
+async fn get_job(mkio: &FakeMkio, transform_name: &str, job_name: &str) -> Response {
+    let not_found = || {
+        mkio_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Job '{job_name}' of transform '{transform_name}' not found."),
+        )
+    };
+    let _gate = mkio.jobs_gate.lock().await;
+    let work = {
+        let mut s = mkio.state();
+        let Some(i) = find_job(&s, transform_name, job_name) else {
+            return not_found();
+        };
+        match s.jobs[i].run.advance() {
+            Advance::Done => None,
+            Advance::Final(outcome @ JobOutcome::Fail { .. }) => {
+                s.jobs[i].run.fail(&outcome);
+                None
+            }
+            Advance::Final(JobOutcome::Finish) => {
+                let job = &s.jobs[i];
+                let place = |name: &str| {
+                    s.assets
+                        .iter()
+                        .find(|a| a.name.eq_ignore_ascii_case(name))
+                        .map(|a| (a.container_name(), a.sub_path.clone()))
+                };
+                let work = fake_encoder::Encoding {
+                    job: format!("{}/{}", job.transform, job.name),
+                    input_asset: job.input_asset().to_owned(),
+                    input: place(job.input_asset()),
+                    files: job.input_files(),
+                    outputs: job
+                        .outputs
+                        .iter()
+                        .map(|o| (o.asset_name.clone(), place(&o.asset_name), o.preset.clone()))
+                        .collect(),
+                };
+                Some((work, s.sink.clone(), s.input_duration_secs))
+            }
+        }
+    };
+    if let Some((work, sink, duration)) = work {
+        let Some(sink) = sink else {
+            panic!(
+                "FakeMkio: job '{}' reached Finished but no output sink is set: call \
+                 FakeMkio::set_output_sink(OutputSink {{ blob_endpoint: azurite.blob_endpoint }}) \
+                 so that finished jobs write their thumbnails into Azurite",
+                work.job
+            );
+        };
+        let result = work
+            .run(&sink, |preset, video| {
+                fake_encoder::mkio_outputs(preset, video, duration)
+            })
+            .await;
+        let mut s = mkio.state();
+        if let Some(i) = find_job(&s, transform_name, job_name) {
+            match result {
+                Ok(()) => s.jobs[i].run.finish(),
+                Err(outcome) => s.jobs[i].run.fail(&outcome),
+            }
+        }
+    }
+    let s = mkio.state();
+    match find_job(&s, transform_name, job_name) {
+        Some(i) => json_response(StatusCode::OK, &job_json(&s.jobs[i])),
+        None => not_found(),
+    }
+}
+
+/// `SystemDataSchema` with these times.
+fn system_data(created: &OffsetDateTime, modified: &OffsetDateTime) -> Value {
+    json!({
+        "internalId": Uuid::new_v4(),
+        "createdBy": "fake-mkio@example.com",
+        "createdByType": "User",
+        "createdAt": rfc3339(created),
+        "lastModifiedBy": "fake-mkio@example.com",
+        "lastModifiedByType": "User",
+        "lastModifiedAt": rfc3339(modified),
+    })
+}
+
+/// `TransformSchema`: `name`, `type`, `systemData`, and `properties` as PUT with
+/// `TransformOutput`'s defaults (`relativePriority` `Normal`; `onError` `StopProcessingJob`,
+/// which the excerpt leaves without a default, as AMS's) and `created` / `lastModified`. No
+/// `id`: no MK.IO example shows one (as for assets).
+fn transform_json(transform: &StoredTransform) -> Value {
+    let mut props = fake_encoder::transform_properties_with_defaults(&transform.properties);
+    props["created"] = rfc3339(&transform.created);
+    props["lastModified"] = rfc3339(&transform.last_modified);
+    json!({
+        "name": transform.name,
+        "type": "Microsoft.Media/mediaservices/transforms",
+        "properties": props,
+        "systemData": system_data(&transform.created, &transform.last_modified),
+    })
+}
+
+/// `JobSchema` as the job is now (`startTime` once processing, `endTime` and
+/// `outputs[].error` when final).
+fn job_json(job: &JobRecord) -> Value {
+    json!({
+        "name": job.name,
+        "type": "Microsoft.Media/mediaservices/transforms/jobs",
+        "properties": job.properties_json(false),
+        "systemData": system_data(&job.run.created, &job.run.last_modified),
+    })
 }
 
 // ---- $filter / $skiptoken ----

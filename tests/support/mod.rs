@@ -4,6 +4,7 @@
 
 pub mod azurite;
 pub mod fake_arm;
+pub mod fake_encoder;
 pub mod fake_entra;
 pub mod fake_jwks;
 pub mod fake_mkio;
@@ -81,6 +82,7 @@ impl Probe {
             linker: probe.clone(),
             health: inner.health.clone(),
             local_root: inner.local_root.clone(),
+            encoder: inner.encoder.clone(),
         };
         (probe, backend)
     }

@@ -1,0 +1,185 @@
+//! The MK.IO encoder: `PUT .../media/transforms/{t}` with a `#MediaKind.ThumbnailGeneratorPreset`
+//! (Media API 0.26.14 `ThumbnailGeneratorConfiguration`), `PUT .../media/assets/{name}` and
+//! `PUT|GET .../media/transforms/{t}/jobs/{j}`, through the MK.IO catalog's client.
+//!
+//! Outputs are named by MK.IO: `{BaseFilename}_{Label}{Index}{Extension}` (labels `Thumbnail`
+//! and `Sprite`) and the sprite's `{BaseFilename}_{Label}.vtt`, which the default recognition
+//! patterns read back.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::spec::{ImageFormat, ThumbnailSpec};
+use super::{Encoder, InputAsset, Job, JobsError};
+use crate::asset_id::AssetId;
+use crate::source::SourceError;
+use crate::source::mkio::MkioCatalog;
+
+pub struct MkioEncoder {
+    catalog: Arc<MkioCatalog>,
+}
+
+impl MkioEncoder {
+    pub fn new(catalog: Arc<MkioCatalog>) -> Self {
+        Self { catalog }
+    }
+}
+
+/// `PUT .../transforms/{name}`: the thumbnail preset for `spec`.
+pub fn transform_body(spec: &ThumbnailSpec) -> Value {
+    let entry = |format: ImageFormat, label: &str, columns: Option<u32>| {
+        let mut entry = json!({
+            "format": match format { ImageFormat::Jpg => "Jpeg", ImageFormat::Png => "Png" },
+            "start": spec.start,
+            "step": spec.step,
+            "range": spec.range,
+            "label": label,
+        });
+        if let Some(w) = &spec.width {
+            entry["width"] = json!(w);
+        }
+        if let Some(h) = &spec.height {
+            entry["height"] = json!(h);
+        }
+        if format == ImageFormat::Jpg {
+            entry["quality"] = json!(90);
+        }
+        if let Some(c) = columns {
+            entry["spriteColumn"] = json!(c);
+        }
+        entry
+    };
+    let mut thumbnails = vec![entry(spec.format, "Thumbnail", None)];
+    if let Some(columns) = spec.sprite_columns {
+        thumbnails.push(entry(ImageFormat::Jpg, "Sprite", Some(columns)));
+    }
+    json!({
+        "properties": {
+            "description": "Thumbnails (ams-thumbnails)",
+            "outputs": [ {
+                "onError": "StopProcessingJob",
+                "relativePriority": "Normal",
+                "preset": {
+                    "@odata.type": "#MediaKind.ThumbnailGeneratorPreset",
+                    "thumbnails": thumbnails,
+                }
+            } ]
+        }
+    })
+}
+
+#[async_trait]
+impl Encoder for MkioEncoder {
+    fn backend(&self) -> &'static str {
+        "mkio"
+    }
+
+    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
+        let record = self.catalog.asset_record(id).await?;
+        Ok(InputAsset {
+            name: record.name,
+            storage: record.storage_account_name,
+        })
+    }
+
+    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError> {
+        let url = self.catalog.media_url(&["transforms", name]);
+        super::put(
+            self.catalog.rest(),
+            &url,
+            &transform_body(spec),
+            "put transform",
+            "create the transform",
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn put_output_asset(
+        &self,
+        name: &str,
+        input: &InputAsset,
+        container: &str,
+    ) -> Result<(), JobsError> {
+        // `storageAccountName` is required (AssetProperties): the input's storage instance.
+        let mut properties = json!({
+            "container": container,
+            "description": format!("Thumbnails of {}", input.name),
+        });
+        if let Some(storage) = &input.storage {
+            properties["storageAccountName"] = json!(storage);
+        }
+        let url = self.catalog.media_url(&["assets", name]);
+        super::put(
+            self.catalog.rest(),
+            &url,
+            &json!({ "properties": properties }),
+            "put asset",
+            "create the output asset",
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn put_job(
+        &self,
+        transform: &str,
+        name: &str,
+        input: &str,
+        output: &str,
+    ) -> Result<Job, JobsError> {
+        let url = self
+            .catalog
+            .media_url(&["transforms", transform, "jobs", name]);
+        let body = super::put(
+            self.catalog.rest(),
+            &url,
+            &super::job_body(input, output),
+            "put job",
+            "submit the job",
+        )
+        .await?;
+        super::parse_job(transform, &body).map_err(|why| {
+            JobsError::Source(self.catalog.rest().upstream(&format!("put job: {why}")))
+        })
+    }
+
+    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError> {
+        let url = self
+            .catalog
+            .media_url(&["transforms", transform, "jobs", name]);
+        super::get_job(self.catalog.rest(), &url, transform).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{GenerateDefaults, GenerateRequest};
+
+    #[test]
+    fn the_preset_follows_the_thumbnail_generator_schema() {
+        let spec = ThumbnailSpec::resolve(
+            &GenerateRequest {
+                width: Some("320".into()),
+                height: Some("180".into()),
+                sprite_columns: Some(10),
+                ..Default::default()
+            },
+            &GenerateDefaults::default(),
+        )
+        .unwrap();
+        let body = transform_body(&spec);
+        let preset = &body["properties"]["outputs"][0]["preset"];
+        assert_eq!(preset["@odata.type"], "#MediaKind.ThumbnailGeneratorPreset");
+        let thumbnails = preset["thumbnails"].as_array().unwrap();
+        assert_eq!(thumbnails.len(), 2);
+        assert_eq!(thumbnails[0]["format"], "Jpeg");
+        assert_eq!(thumbnails[0]["label"], "Thumbnail");
+        assert_eq!(thumbnails[0]["width"], "320");
+        assert_eq!(thumbnails[1]["spriteColumn"], 10);
+        assert_eq!(thumbnails[1]["label"], "Sprite");
+    }
+}

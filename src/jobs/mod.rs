@@ -1,0 +1,753 @@
+//! Thumbnail generation through the backend's encoder: a transform with a thumbnail preset, an
+//! output asset and a job, under names derived from the request so that a repeat finds the
+//! same job instead of starting another.
+//!
+//! Names (prefix `jobs.name_prefix`, default `ams-thumbnails`; `S` = 8 hex digits of the
+//! specification, `I` = 12 hex digits of the input asset's name):
+//! - transform `{prefix}-{S}`: one per specification, shared by every asset;
+//! - job `{prefix}-{S}-{I}`, then `-2`, `-3`, … for new attempts after a failed one (the job
+//!   name alone tells which transform it belongs to, so `GET /jobs/{name}` needs nothing else);
+//! - output asset `{input}-thumbnails-{S}` (the input name cut to 200 characters plus `-{I}`
+//!   when longer).
+//!
+//! The backends ([`ams::AmsEncoder`], [`mkio::MkioEncoder`]) speak the two APIs; this module
+//! knows neither HTTP status codes of its own API nor caching.
+
+pub mod ams;
+pub mod mkio;
+pub mod spec;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::asset_id::AssetId;
+use crate::source::SourceError;
+use crate::source::rest::Refusal;
+pub use spec::{GenerateDefaults, GenerateRequest, InvalidSpec, ThumbnailSpec};
+
+/// New attempts made after failed ones before giving up.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Longest input-name part of an output asset name.
+const MAX_OUTPUT_BASE: usize = 200;
+
+/// `[jobs]`: thumbnail generation (sources `ams` and `mkio`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Prefix of the transforms and jobs this service creates.
+    pub name_prefix: String,
+    /// `Retry-After` on answers about jobs still running: how often clients should poll.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// AMS: api-version of Transforms and Jobs (Encoding.json).
+    pub transform_api_version: String,
+    /// What a request leaves out.
+    pub defaults: GenerateDefaults,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        Self {
+            name_prefix: "ams-thumbnails".into(),
+            poll_interval: Duration::from_secs(5),
+            transform_api_version: "2022-07-01".into(),
+            defaults: GenerateDefaults::default(),
+        }
+    }
+}
+
+impl JobSettings {
+    /// Checks the prefix and the defaults (as if a request had left every field out).
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        let prefix_ok = !self.name_prefix.is_empty()
+            && self.name_prefix.len() <= 40
+            && self
+                .name_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !self.name_prefix.starts_with('-')
+            && !self.name_prefix.ends_with('-');
+        if !prefix_ok {
+            return Err(crate::config::ConfigError::Invalid {
+                key: "jobs.name_prefix".into(),
+                message: "must be 1 to 40 letters, digits or inner hyphens".into(),
+            });
+        }
+        ThumbnailSpec::resolve(&GenerateRequest::default(), &self.defaults).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                key: format!("jobs.defaults.{}", snake(e.field)),
+                message: e.message,
+            }
+        })?;
+        Ok(())
+    }
+}
+
+fn snake(field: &str) -> String {
+    if field == "spriteColumns" {
+        "sprite_columns".into()
+    } else {
+        field.into()
+    }
+}
+
+/// A job's state, as both backends name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Scheduled,
+    Processing,
+    Finished,
+    Error,
+    Canceling,
+    Canceled,
+}
+
+impl JobState {
+    /// No further change will come.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Finished | JobState::Error | JobState::Canceled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "Queued",
+            JobState::Scheduled => "Scheduled",
+            JobState::Processing => "Processing",
+            JobState::Finished => "Finished",
+            JobState::Error => "Error",
+            JobState::Canceling => "Canceling",
+            JobState::Canceled => "Canceled",
+        }
+    }
+}
+
+/// Why a job failed, as the backend said (`JobError`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobFailure {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// `DoNotRetry` or `MayRetry`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<String>,
+}
+
+/// A job as the backend reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub name: String,
+    pub transform: String,
+    pub state: JobState,
+    /// Percent, when the backend gives it.
+    pub progress: Option<u8>,
+    pub input_asset: String,
+    pub output_asset: String,
+    pub created: Option<String>,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    pub error: Option<JobFailure>,
+}
+
+/// The input asset of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputAsset {
+    /// The backend's asset name.
+    pub name: String,
+    /// AMS: the storage account; MK.IO: the storage instance. The output goes there too.
+    pub storage: Option<String>,
+}
+
+/// Generation failures, in domain terms (the HTTP layer picks the status).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobsError {
+    /// The configured source has no encoder (local folder, storage only).
+    #[error("the {kind} source cannot generate thumbnails")]
+    Unsupported { kind: &'static str },
+    #[error("invalid request: {0}")]
+    Invalid(#[from] InvalidSpec),
+    /// Not a job name this service gives.
+    #[error("not a job name of this service")]
+    InvalidName,
+    #[error("no such job")]
+    JobNotFound,
+    /// The backend refused a write (retired AMS account, read-only role or token).
+    #[error("{backend} refused to {action}")]
+    Refused {
+        backend: &'static str,
+        action: &'static str,
+        refusal: Refusal,
+    },
+    /// The last attempts all failed; the latest is given.
+    #[error("{MAX_ATTEMPTS} attempts failed")]
+    AttemptsExhausted { last: Box<Job> },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// One backend's encoding API. Implementations know their wire format, nothing else.
+#[async_trait]
+pub trait Encoder: Send + Sync {
+    /// `ams`, `mkio`.
+    fn backend(&self) -> &'static str;
+    /// The asset an id names.
+    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError>;
+    /// PUT the transform (create or update: idempotent).
+    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError>;
+    /// PUT the output asset (create or update: idempotent).
+    async fn put_output_asset(
+        &self,
+        name: &str,
+        input: &InputAsset,
+        container: &str,
+    ) -> Result<(), JobsError>;
+    /// PUT the job.
+    async fn put_job(
+        &self,
+        transform: &str,
+        name: &str,
+        input: &str,
+        output: &str,
+    ) -> Result<Job, JobsError>;
+    /// GET the job; `None` when the backend has no such job (or transform).
+    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError>;
+}
+
+/// The outcome of a generate request.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub job: Job,
+    /// False when a job for the same asset and specification already existed.
+    pub created: bool,
+}
+
+/// The outcome of a status request.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub job: Job,
+    /// This answer is the first to see the job finished (drop the output's cache entry now).
+    pub newly_finished: bool,
+}
+
+/// Generation as the API offers it: names, idempotency, attempts.
+pub struct Jobs {
+    encoder: Arc<dyn Encoder>,
+    settings: JobSettings,
+    /// Submissions for one asset and specification go one at a time (64 stripes, bounded).
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Jobs seen finished (bounded): the output's cache entry is dropped once, not per poll.
+    finished: moka::future::Cache<String, ()>,
+}
+
+impl Jobs {
+    pub fn new(encoder: Arc<dyn Encoder>, settings: JobSettings) -> Self {
+        Self {
+            encoder,
+            settings,
+            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            finished: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(24 * 3600))
+                .build(),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.encoder.backend()
+    }
+
+    pub fn settings(&self) -> &JobSettings {
+        &self.settings
+    }
+
+    /// Finds or starts the job generating `request`'s thumbnails for asset `id`.
+    pub async fn generate(
+        &self,
+        id: &AssetId,
+        request: &GenerateRequest,
+    ) -> Result<Submitted, JobsError> {
+        let spec = ThumbnailSpec::resolve(request, &self.settings.defaults)?;
+        let input = self.timed("input", self.encoder.input(id)).await?;
+        let names = Names::new(&self.settings.name_prefix, &spec, &input.name);
+        let stripe = &self.stripes[names.stripe(self.stripes.len())];
+        let _one_at_a_time = stripe.lock().await;
+        let mut last_failed = None;
+        let mut free_name = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let name = names.job(attempt);
+            match self
+                .timed("get_job", self.encoder.job(&names.transform, &name))
+                .await?
+            {
+                None => {
+                    free_name = Some(name);
+                    break;
+                }
+                Some(job) if matches!(job.state, JobState::Error | JobState::Canceled) => {
+                    last_failed = Some(job);
+                }
+                Some(job) => {
+                    metrics::counter!("thumbnail_jobs_submitted_total", "backend" => self.backend(), "result" => "existing").increment(1);
+                    return Ok(Submitted {
+                        job,
+                        created: false,
+                    });
+                }
+            }
+        }
+        let Some(job_name) = free_name else {
+            let last = last_failed.expect("every attempt was looked at");
+            return Err(JobsError::AttemptsExhausted {
+                last: Box::new(last),
+            });
+        };
+        let result = async {
+            self.timed(
+                "put_transform",
+                self.encoder.put_transform(&names.transform, &spec),
+            )
+            .await?;
+            self.timed(
+                "put_asset",
+                self.encoder
+                    .put_output_asset(&names.output, &input, &names.output_container),
+            )
+            .await?;
+            self.timed(
+                "put_job",
+                self.encoder
+                    .put_job(&names.transform, &job_name, &input.name, &names.output),
+            )
+            .await
+        }
+        .await;
+        let outcome = match &result {
+            Ok(_) => "created",
+            Err(JobsError::Refused { .. }) => "refused",
+            Err(_) => "error",
+        };
+        metrics::counter!("thumbnail_jobs_submitted_total", "backend" => self.backend(), "result" => outcome).increment(1);
+        let job = result?;
+        tracing::info!(
+            backend = self.backend(),
+            job = job.name,
+            transform = job.transform,
+            output = job.output_asset,
+            "thumbnail job submitted"
+        );
+        Ok(Submitted { job, created: true })
+    }
+
+    /// The job `name`, as the backend reports it now.
+    pub async fn status(&self, name: &str) -> Result<Status, JobsError> {
+        let transform =
+            Names::transform_of(&self.settings.name_prefix, name).ok_or(JobsError::InvalidName)?;
+        let job = self
+            .timed("get_job", self.encoder.job(&transform, name))
+            .await?
+            .ok_or(JobsError::JobNotFound)?;
+        let mut newly_finished = false;
+        if job.state.is_final()
+            && self
+                .finished
+                .entry(name.to_owned())
+                .or_insert(())
+                .await
+                .is_fresh()
+        {
+            newly_finished = job.state == JobState::Finished;
+            metrics::counter!("thumbnail_jobs_completed_total", "backend" => self.backend(), "state" => job.state.as_str()).increment(1);
+        }
+        Ok(Status {
+            job,
+            newly_finished,
+        })
+    }
+
+    /// An encoder call with the upstream metrics every backend call has.
+    async fn timed<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        E: Into<JobsError> + Clone,
+    {
+        let started = Instant::now();
+        let result = call.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => match e.clone().into() {
+                JobsError::Refused { .. } => "refused",
+                JobsError::Source(s) => crate::source::instrumented::outcome_of(&s),
+                _ => "error",
+            },
+        };
+        metrics::counter!("upstream_requests_total", "backend" => self.backend(), "operation" => operation, "outcome" => outcome).increment(1);
+        metrics::histogram!("upstream_request_duration_seconds", "backend" => self.backend(), "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// The names of one asset's generation under one specification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub transform: String,
+    /// Job name of the first attempt.
+    job_base: String,
+    pub output: String,
+    /// The output's container where the backend lets us name it (MK.IO).
+    pub output_container: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str, spec: &ThumbnailSpec, input: &str) -> Self {
+        let s = spec.digest();
+        let i = spec::hex_digest(input.as_bytes(), 12);
+        let output = if input.chars().count() <= MAX_OUTPUT_BASE {
+            format!("{input}-thumbnails-{s}")
+        } else {
+            let cut: String = input.chars().take(MAX_OUTPUT_BASE).collect();
+            format!("{cut}-{i}-thumbnails-{s}")
+        };
+        Self {
+            transform: format!("{prefix}-{s}"),
+            job_base: format!("{prefix}-{s}-{i}"),
+            output,
+            output_container: format!("thumbnails-{s}-{i}"),
+        }
+    }
+
+    /// The job name of attempt `n` (1-based).
+    pub fn job(&self, attempt: u32) -> String {
+        if attempt <= 1 {
+            self.job_base.clone()
+        } else {
+            format!("{}-{attempt}", self.job_base)
+        }
+    }
+
+    fn stripe(&self, stripes: usize) -> usize {
+        let digest = spec::hex_digest(self.job_base.as_bytes(), 8);
+        usize::from_str_radix(&digest, 16).unwrap_or(0) % stripes
+    }
+
+    /// The transform a job name of this service belongs to; `None` for other names.
+    pub fn transform_of(prefix: &str, job: &str) -> Option<String> {
+        let rest = job.strip_prefix(prefix)?.strip_prefix('-')?;
+        let mut parts = rest.split('-');
+        let s = parts.next()?;
+        let i = parts.next()?;
+        let attempt = parts.next();
+        let hex = |v: &str, n: usize| {
+            v.len() == n
+                && v.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        };
+        let attempt_ok = attempt.is_none_or(|a| {
+            a.parse::<u32>()
+                .is_ok_and(|n| (2..=MAX_ATTEMPTS).contains(&n) && !a.starts_with('0'))
+        });
+        (hex(s, 8) && hex(i, 12) && attempt_ok && parts.next().is_none())
+            .then(|| format!("{prefix}-{s}"))
+    }
+}
+
+// ---- calls both encoders make the same way ----
+
+/// A PUT whose refusal is reported as such; the 2xx body.
+pub(crate) async fn put(
+    rest: &crate::source::rest::RestClient,
+    url: &url::Url,
+    body: &serde_json::Value,
+    operation: &'static str,
+    action: &'static str,
+) -> Result<bytes::Bytes, JobsError> {
+    use crate::source::rest::{Access, Reply};
+    match rest
+        .call(
+            reqwest::Method::PUT,
+            url,
+            Some(body),
+            Access::Write,
+            operation,
+        )
+        .await?
+    {
+        Reply::Ok { body, .. } => Ok(body),
+        Reply::Refused(refusal) => Err(JobsError::Refused {
+            backend: rest.backend(),
+            action,
+            refusal,
+        }),
+        Reply::NotFound => Err(JobsError::Source(rest.upstream(&format!(
+            "{operation}: 404 (the account, project, transform or asset is gone)"
+        )))),
+    }
+}
+
+/// A job GET; `None` on 404.
+pub(crate) async fn get_job(
+    rest: &crate::source::rest::RestClient,
+    url: &url::Url,
+    transform: &str,
+) -> Result<Option<Job>, JobsError> {
+    let Some(body) = rest.get(url, "get job").await? else {
+        return Ok(None);
+    };
+    parse_job(transform, &body)
+        .map(Some)
+        .map_err(|why| JobsError::Source(rest.upstream(&format!("get job: {why}"))))
+}
+
+// ---- the job resource, shared by ARM and MK.IO (MK.IO mirrors AMS's JobSchema) ----
+
+#[derive(Debug, Deserialize)]
+struct JobResource {
+    #[serde(default)]
+    name: String,
+    properties: JobProperties,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobProperties {
+    state: Option<JobState>,
+    input: Option<serde_json::Value>,
+    #[serde(default)]
+    outputs: Vec<JobOutput>,
+    created: Option<String>,
+    start_time: Option<String>,
+    end_time: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobOutput {
+    asset_name: Option<String>,
+    state: Option<JobState>,
+    progress: Option<i64>,
+    error: Option<JobErrorBody>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JobErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+    category: Option<String>,
+    retry: Option<String>,
+}
+
+/// The `PUT .../jobs/{name}` body: one input asset, one output asset (both APIs).
+pub fn job_body(input: &str, output: &str) -> serde_json::Value {
+    serde_json::json!({
+        "properties": {
+            "description": "Thumbnails generated by ams-thumbnails",
+            "input": { "@odata.type": "#Microsoft.Media.JobInputAsset", "assetName": input },
+            "outputs": [ { "@odata.type": "#Microsoft.Media.JobOutputAsset", "assetName": output } ],
+            "priority": "Normal",
+            "correlationData": { "createdBy": "ams-thumbnails" }
+        }
+    })
+}
+
+/// A job resource (ARM `Job`, MK.IO `JobSchema`) in domain terms.
+pub fn parse_job(transform: &str, body: &[u8]) -> Result<Job, String> {
+    let job: JobResource = serde_json::from_slice(body)
+        .map_err(|e| format!("malformed job: {}", e.classify_name()))?;
+    let p = job.properties;
+    let output = p.outputs.first();
+    // The job's own state; an output's when the job gives none.
+    let state = p
+        .state
+        .or_else(|| output.and_then(|o| o.state))
+        .ok_or("the job has no state")?;
+    let input_asset = p
+        .input
+        .as_ref()
+        .and_then(input_asset_name)
+        .unwrap_or_default();
+    let error = p
+        .outputs
+        .iter()
+        .find_map(|o| o.error.as_ref())
+        .map(|e| JobFailure {
+            code: crate::source::rest::text(e.code.as_deref().unwrap_or("Unknown"), 64),
+            message: crate::source::rest::text(e.message.as_deref().unwrap_or_default(), 500),
+            category: e
+                .category
+                .as_deref()
+                .map(|c| crate::source::rest::text(c, 64)),
+            retry: e.retry.as_deref().map(|r| crate::source::rest::text(r, 64)),
+        });
+    Ok(Job {
+        name: job.name,
+        transform: transform.to_owned(),
+        state,
+        progress: output
+            .and_then(|o| o.progress)
+            .map(|p| p.clamp(0, 100) as u8),
+        input_asset,
+        output_asset: output
+            .and_then(|o| o.asset_name.clone())
+            .unwrap_or_default(),
+        created: p.created,
+        started: p.start_time,
+        ended: p.end_time,
+        error,
+    })
+}
+
+/// `JobInputAsset.assetName`, or the first of `JobInputs.inputs` (jobs-get-by-name.json).
+fn input_asset_name(input: &serde_json::Value) -> Option<String> {
+    if let Some(name) = input.get("assetName").and_then(|v| v.as_str()) {
+        return Some(name.to_owned());
+    }
+    input
+        .get("inputs")?
+        .as_array()?
+        .iter()
+        .find_map(|i| i.get("assetName").and_then(|v| v.as_str()))
+        .map(str::to_owned)
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Data => "unexpected shape",
+            _ => "not JSON",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ThumbnailSpec {
+        ThumbnailSpec::resolve(&GenerateRequest::default(), &GenerateDefaults::default()).unwrap()
+    }
+
+    #[test]
+    fn names_are_derived_and_job_names_lead_back_to_their_transform() {
+        let names = Names::new("ams-thumbnails", &spec(), "intro-video");
+        let s = spec().digest();
+        assert_eq!(names.transform, format!("ams-thumbnails-{s}"));
+        assert_eq!(names.output, format!("intro-video-thumbnails-{s}"));
+        assert!(names.output_container.len() <= 63);
+        let first = names.job(1);
+        let third = names.job(3);
+        assert_eq!(third, format!("{first}-3"));
+        for job in [&first, &third] {
+            assert_eq!(
+                Names::transform_of("ams-thumbnails", job).as_deref(),
+                Some(names.transform.as_str())
+            );
+        }
+        assert_eq!(names, Names::new("ams-thumbnails", &spec(), "intro-video"));
+        assert_ne!(
+            names.job(1),
+            Names::new("ams-thumbnails", &spec(), "outro-video").job(1)
+        );
+        for other in [
+            "job1",
+            "ams-thumbnails",
+            "ams-thumbnails-xyz",
+            &format!("{first}-1"),
+            &format!("{first}-6"),
+            &format!("{first}-02"),
+            &format!("{first}-2-2"),
+            &first.to_uppercase(),
+            &format!("other-{}", &first["ams-thumbnails-".len()..]),
+        ] {
+            assert_eq!(
+                Names::transform_of("ams-thumbnails", other),
+                None,
+                "{other}"
+            );
+        }
+        let long = "x".repeat(260);
+        let output = Names::new("p", &spec(), &long).output;
+        assert!(output.len() <= 260, "{}", output.len());
+        assert!(crate::asset_id::AssetId::parse(&output).is_ok());
+    }
+
+    #[test]
+    fn jobs_parse_from_the_official_examples() {
+        let example: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/ams-examples/jobs-get-by-name.json"
+        ))
+        .unwrap();
+        let body = serde_json::to_vec(&example["responses"]["200"]["body"]).unwrap();
+        let job = parse_job("exampleTransform", &body).unwrap();
+        assert_eq!(job.name, "job1");
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(job.progress, Some(0));
+        assert_eq!(job.input_asset, "job1-InputAsset");
+        assert_eq!(job.output_asset, "job1-OutputAsset");
+        assert_eq!(job.created.as_deref(), Some("2021-06-01T00:00:00Z"));
+        let example: serde_json::Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/ams-examples/jobs-create.json"
+        ))
+        .unwrap();
+        let body = serde_json::to_vec(&example["responses"]["201"]["body"]).unwrap();
+        let job = parse_job("exampleTransform", &body).unwrap();
+        assert_eq!(job.input_asset, "job1-InputAsset");
+        assert_eq!(job.error, None);
+
+        let failed = serde_json::json!({
+            "name": "j", "properties": { "state": "Error", "outputs": [ {
+                "@odata.type": "#Microsoft.Media.JobOutputAsset", "assetName": "out",
+                "state": "Error", "progress": 100,
+                "error": { "code": "ContentMalformed", "message": "no\nvideo", "category": "Content", "retry": "DoNotRetry" }
+            } ] }
+        });
+        let job = parse_job("t", &serde_json::to_vec(&failed).unwrap()).unwrap();
+        assert_eq!(job.state, JobState::Error);
+        assert_eq!(
+            job.error,
+            Some(JobFailure {
+                code: "ContentMalformed".into(),
+                message: "no video".into(),
+                category: Some("Content".into()),
+                retry: Some("DoNotRetry".into()),
+            })
+        );
+        assert!(parse_job("t", b"{}").is_err());
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(JobSettings::default().validate().is_ok());
+        let bad = JobSettings {
+            name_prefix: "bad prefix".into(),
+            ..Default::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("jobs.name_prefix")
+        );
+        let mut bad = JobSettings::default();
+        bad.defaults.sprite_columns = 20;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("jobs.defaults.sprite_columns")
+        );
+    }
+}

@@ -57,8 +57,59 @@ pub fn client_options(settings: &UpstreamSettings, client: &reqwest::Client) -> 
     };
     ClientOptions {
         retry,
+        per_try_policies: vec![Arc::new(ThrottleBeyondBudget {
+            budget: settings.retry_budget,
+        })],
         transport: Some(Transport::new(Arc::new(client.clone()))),
         ..Default::default()
+    }
+}
+
+/// Storage asked us to wait longer than the whole retry budget (`Retry-After` on a 429 or 503):
+/// no retry can succeed within it, so the call ends at once as throttled, carrying the wait.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP {status}: Retry-After {wait:?} is past the retry budget")]
+pub struct RetryAfterBeyondBudget {
+    pub status: u16,
+    pub wait: std::time::Duration,
+}
+
+/// A per-try policy (inside the SDK's retry loop): a throttling answer whose `Retry-After`
+/// exceeds the budget becomes [`RetryAfterBeyondBudget`], an error the loop does not retry.
+/// Without it the SDK would sleep the whole `Retry-After` out and only our deadline would stop
+/// it, as a timeout (504) instead of the throttling it is (503 with the server's hint).
+#[derive(Debug)]
+struct ThrottleBeyondBudget {
+    budget: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::policies::Policy for ThrottleBeyondBudget {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn azure_core::http::policies::Policy>],
+    ) -> azure_core::http::policies::PolicyResult {
+        let response = next[0].send(ctx, request, &next[1..]).await?;
+        let status = u16::from(response.status());
+        if matches!(status, 429 | 503) {
+            let wait = response
+                .headers()
+                .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                .and_then(|v| {
+                    crate::source::rest::parse_retry_after(v, time::OffsetDateTime::now_utc())
+                });
+            if let Some(wait) = wait
+                && wait > self.budget
+            {
+                return Err(azure_core::Error::new(
+                    azure_core::error::ErrorKind::Other,
+                    RetryAfterBeyondBudget { status, wait },
+                ));
+            }
+        }
+        Ok(response)
     }
 }
 
@@ -66,6 +117,12 @@ pub fn client_options(settings: &UpstreamSettings, client: &reqwest::Client) -> 
 /// kept out of the domain error (it can carry URLs with SAS queries) and reduced to its status.
 pub fn source_error(backend: &'static str, e: &azure_core::Error) -> SourceError {
     use azure_core::error::ErrorKind;
+    if let Some(beyond) = find_in_chain::<RetryAfterBeyondBudget>(e) {
+        return SourceError::Throttled {
+            backend,
+            retry_after: Some(beyond.wait),
+        };
+    }
     let status = e.http_status().map(u16::from);
     match status {
         Some(404) => SourceError::NotFound,
@@ -106,6 +163,18 @@ pub fn source_error(backend: &'static str, e: &azure_core::Error) -> SourceError
 enum TransportFailure {
     Timeout,
     Connect,
+}
+
+/// The first error of type `T` in the error's chain.
+fn find_in_chain<T: std::error::Error + 'static>(e: &azure_core::Error) -> Option<&T> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(found) = err.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = err.source();
+    }
+    e.downcast_ref::<T>()
 }
 
 /// A timeout or connection failure anywhere in the error's chain (the SDK wraps reqwest's).

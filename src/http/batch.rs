@@ -12,6 +12,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::AppState;
+use super::params::{body_bytes, is_json};
 use super::problem::{Kind, Problem};
 use crate::asset_id::AssetId;
 
@@ -29,24 +30,13 @@ pub async fn batch_get(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !is_json(&headers) {
         return Err(Problem::new(
             Kind::UnsupportedMediaType,
             "the body must be application/json",
         ));
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(Kind::PayloadTooLarge, "the request body is too large")
-        } else {
-            Problem::new(Kind::InvalidBody, "the request body could not be read")
-        }
-    })?;
+    let body = body_bytes(body)?;
     // The detail names what is wrong, never echoes the client's bytes.
     let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
         let what = match e.classify() {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
-use super::params::AssetPath;
+use super::params::{AssetPath, body_bytes, is_json};
 use super::problem::{Kind, Problem};
 use crate::jobs::{GenerateRequest, Job, JobFailure, JobsError};
 use crate::url_path::encode_segment;
@@ -79,22 +79,11 @@ fn parse_body(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<GenerateRequest, Problem> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(Kind::PayloadTooLarge, "the request body is too large")
-        } else {
-            Problem::new(Kind::InvalidBody, "the request body could not be read")
-        }
-    })?;
+    let body = body_bytes(body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(GenerateRequest::default());
     }
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
+    if !is_json(headers) {
         return Err(Problem::new(
             Kind::UnsupportedMediaType,
             "the body must be application/json",

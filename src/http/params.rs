@@ -41,6 +41,28 @@ impl<S: Send + Sync> FromRequestParts<S> for AssetPath {
     }
 }
 
+/// Whether the request says its body is JSON (`application/json`, with any parameters).
+pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The request body, or why it could not be read (`413` past the route's body limit).
+pub fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, Problem> {
+    body.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(Kind::PayloadTooLarge, "the request body is too large")
+        } else {
+            Problem::new(Kind::InvalidBody, "the request body could not be read")
+        }
+    })
+}
+
 /// The query string as key/value pairs (later duplicates win).
 #[derive(Debug, Default)]
 pub struct QueryParams(Vec<(String, String)>);

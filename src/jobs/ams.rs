@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::spec::{ImageFormat, ThumbnailSpec};
-use super::{Encoder, InputAsset, Job, JobsError};
+use super::{EncodingApi, InputAsset};
 use crate::asset_id::AssetId;
 use crate::source::SourceError;
 use crate::source::ams::AmsCatalog;
+use crate::source::rest::RestClient;
 
 /// The filename pattern of every image and sprite this service asks AMS for.
 pub const FILENAME_PATTERN: &str = "{Basename}_{Label}_{Index}{Extension}";
@@ -109,9 +110,13 @@ pub fn transform_body(spec: &ThumbnailSpec) -> Value {
 }
 
 #[async_trait]
-impl Encoder for AmsEncoder {
+impl EncodingApi for AmsEncoder {
     fn backend(&self) -> &'static str {
         "ams"
+    }
+
+    fn rest(&self) -> &RestClient {
+        self.catalog.rest()
     }
 
     async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
@@ -122,65 +127,30 @@ impl Encoder for AmsEncoder {
         })
     }
 
-    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError> {
-        let url = self.url(&["transforms", name]);
-        super::put(
-            self.catalog.rest(),
-            &url,
-            &transform_body(spec),
-            "put transform",
-            "create the transform",
-        )
-        .await
-        .map(drop)
+    fn transform_url(&self, name: &str) -> Url {
+        self.url(&["transforms", name])
     }
 
-    async fn put_output_asset(
-        &self,
-        name: &str,
-        input: &InputAsset,
-        _container: &str,
-    ) -> Result<(), JobsError> {
-        // AMS names the container itself (`asset-{assetId}`).
+    fn job_url(&self, transform: &str, name: &str) -> Url {
+        self.url(&["transforms", transform, "jobs", name])
+    }
+
+    fn asset_url(&self, name: &str) -> Url {
+        self.catalog.asset_url(name)
+    }
+
+    fn transform_body(&self, spec: &ThumbnailSpec) -> Value {
+        transform_body(spec)
+    }
+
+    /// AMS names the container itself (`asset-{assetId}`); the output goes to the input's
+    /// storage account.
+    fn output_asset_body(&self, input: &InputAsset, _container: &str) -> Value {
         let mut properties = json!({ "description": format!("Thumbnails of {}", input.name) });
         if let Some(account) = &input.storage {
             properties["storageAccountName"] = json!(account);
         }
-        super::put(
-            self.catalog.rest(),
-            &self.catalog.asset_url(name),
-            &json!({ "properties": properties }),
-            "put asset",
-            "create the output asset",
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn put_job(
-        &self,
-        transform: &str,
-        name: &str,
-        input: &str,
-        output: &str,
-    ) -> Result<Job, JobsError> {
-        let url = self.url(&["transforms", transform, "jobs", name]);
-        let body = super::put(
-            self.catalog.rest(),
-            &url,
-            &super::job_body(input, output),
-            "put job",
-            "submit the job",
-        )
-        .await?;
-        super::parse_job(transform, &body).map_err(|why| {
-            JobsError::Source(self.catalog.rest().upstream(&format!("put job: {why}")))
-        })
-    }
-
-    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError> {
-        let url = self.url(&["transforms", transform, "jobs", name]);
-        super::get_job(self.catalog.rest(), &url, transform).await
+        json!({ "properties": properties })
     }
 }
 

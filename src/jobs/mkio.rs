@@ -12,10 +12,12 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::spec::{ImageFormat, ThumbnailSpec};
-use super::{Encoder, InputAsset, Job, JobsError};
+use super::{EncodingApi, InputAsset};
 use crate::asset_id::AssetId;
 use crate::source::SourceError;
 use crate::source::mkio::MkioCatalog;
+use crate::source::rest::RestClient;
+use url::Url;
 
 pub struct MkioEncoder {
     catalog: Arc<MkioCatalog>,
@@ -71,9 +73,13 @@ pub fn transform_body(spec: &ThumbnailSpec) -> Value {
 }
 
 #[async_trait]
-impl Encoder for MkioEncoder {
+impl EncodingApi for MkioEncoder {
     fn backend(&self) -> &'static str {
         "mkio"
+    }
+
+    fn rest(&self) -> &RestClient {
+        self.catalog.rest()
     }
 
     async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
@@ -84,26 +90,26 @@ impl Encoder for MkioEncoder {
         })
     }
 
-    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError> {
-        let url = self.catalog.media_url(&["transforms", name]);
-        super::put(
-            self.catalog.rest(),
-            &url,
-            &transform_body(spec),
-            "put transform",
-            "create the transform",
-        )
-        .await
-        .map(drop)
+    fn transform_url(&self, name: &str) -> Url {
+        self.catalog.media_url(&["transforms", name])
     }
 
-    async fn put_output_asset(
-        &self,
-        name: &str,
-        input: &InputAsset,
-        container: &str,
-    ) -> Result<(), JobsError> {
-        // `storageAccountName` is required (AssetProperties): the input's storage instance.
+    fn job_url(&self, transform: &str, name: &str) -> Url {
+        self.catalog
+            .media_url(&["transforms", transform, "jobs", name])
+    }
+
+    fn asset_url(&self, name: &str) -> Url {
+        self.catalog.media_url(&["assets", name])
+    }
+
+    fn transform_body(&self, spec: &ThumbnailSpec) -> Value {
+        transform_body(spec)
+    }
+
+    /// `storageAccountName` is required (AssetProperties): the input's storage instance; the
+    /// container is ours to name.
+    fn output_asset_body(&self, input: &InputAsset, container: &str) -> Value {
         let mut properties = json!({
             "container": container,
             "description": format!("Thumbnails of {}", input.name),
@@ -111,46 +117,7 @@ impl Encoder for MkioEncoder {
         if let Some(storage) = &input.storage {
             properties["storageAccountName"] = json!(storage);
         }
-        let url = self.catalog.media_url(&["assets", name]);
-        super::put(
-            self.catalog.rest(),
-            &url,
-            &json!({ "properties": properties }),
-            "put asset",
-            "create the output asset",
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn put_job(
-        &self,
-        transform: &str,
-        name: &str,
-        input: &str,
-        output: &str,
-    ) -> Result<Job, JobsError> {
-        let url = self
-            .catalog
-            .media_url(&["transforms", transform, "jobs", name]);
-        let body = super::put(
-            self.catalog.rest(),
-            &url,
-            &super::job_body(input, output),
-            "put job",
-            "submit the job",
-        )
-        .await?;
-        super::parse_job(transform, &body).map_err(|why| {
-            JobsError::Source(self.catalog.rest().upstream(&format!("put job: {why}")))
-        })
-    }
-
-    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError> {
-        let url = self
-            .catalog
-            .media_url(&["transforms", transform, "jobs", name]);
-        super::get_job(self.catalog.rest(), &url, transform).await
+        json!({ "properties": properties })
     }
 }
 

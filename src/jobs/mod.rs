@@ -461,10 +461,102 @@ impl Names {
     }
 }
 
-// ---- calls both encoders make the same way ----
+// ---- the encoders: one implementation over the two APIs' differences ----
+
+/// What differs between the AMS and MK.IO encoding APIs: URLs and preset shapes. Jobs have
+/// the same shape on both (MK.IO mirrors AMS), so [`Encoder`] is implemented once over this.
+#[async_trait]
+pub trait EncodingApi: Send + Sync {
+    fn backend(&self) -> &'static str;
+    fn rest(&self) -> &crate::source::rest::RestClient;
+    /// The asset an id names.
+    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError>;
+    fn transform_url(&self, name: &str) -> url::Url;
+    fn job_url(&self, transform: &str, name: &str) -> url::Url;
+    fn asset_url(&self, name: &str) -> url::Url;
+    /// The `PUT .../transforms/{name}` body for `spec`.
+    fn transform_body(&self, spec: &ThumbnailSpec) -> serde_json::Value;
+    /// The `PUT .../assets/{name}` body of the output asset.
+    fn output_asset_body(&self, input: &InputAsset, container: &str) -> serde_json::Value;
+}
+
+#[async_trait]
+impl<T: EncodingApi> Encoder for T {
+    fn backend(&self) -> &'static str {
+        EncodingApi::backend(self)
+    }
+
+    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
+        EncodingApi::input(self, id).await
+    }
+
+    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError> {
+        let body = self.transform_body(spec);
+        put(
+            self.rest(),
+            &self.transform_url(name),
+            &body,
+            "put transform",
+            "create the transform",
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn put_output_asset(
+        &self,
+        name: &str,
+        input: &InputAsset,
+        container: &str,
+    ) -> Result<(), JobsError> {
+        let body = self.output_asset_body(input, container);
+        put(
+            self.rest(),
+            &self.asset_url(name),
+            &body,
+            "put asset",
+            "create the output asset",
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn put_job(
+        &self,
+        transform: &str,
+        name: &str,
+        input: &str,
+        output: &str,
+    ) -> Result<Job, JobsError> {
+        let url = self.job_url(transform, name);
+        let body = put(
+            self.rest(),
+            &url,
+            &job_body(input, output),
+            "put job",
+            "submit the job",
+        )
+        .await?;
+        parse_job(transform, &body)
+            .map_err(|why| JobsError::Source(self.rest().upstream(&format!("put job: {why}"))))
+    }
+
+    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError> {
+        let Some(body) = self
+            .rest()
+            .get(&self.job_url(transform, name), "get job")
+            .await?
+        else {
+            return Ok(None);
+        };
+        parse_job(transform, &body)
+            .map(Some)
+            .map_err(|why| JobsError::Source(self.rest().upstream(&format!("get job: {why}"))))
+    }
+}
 
 /// A PUT whose refusal is reported as such; the 2xx body.
-pub(crate) async fn put(
+async fn put(
     rest: &crate::source::rest::RestClient,
     url: &url::Url,
     body: &serde_json::Value,
@@ -492,20 +584,6 @@ pub(crate) async fn put(
             "{operation}: 404 (the account, project, transform or asset is gone)"
         )))),
     }
-}
-
-/// A job GET; `None` on 404.
-pub(crate) async fn get_job(
-    rest: &crate::source::rest::RestClient,
-    url: &url::Url,
-    transform: &str,
-) -> Result<Option<Job>, JobsError> {
-    let Some(body) = rest.get(url, "get job").await? else {
-        return Ok(None);
-    };
-    parse_job(transform, &body)
-        .map(Some)
-        .map_err(|why| JobsError::Source(rest.upstream(&format!("get job: {why}"))))
 }
 
 // ---- the job resource, shared by ARM and MK.IO (MK.IO mirrors AMS's JobSchema) ----

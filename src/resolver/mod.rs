@@ -9,10 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::borrow::Cow;
+
+use axum::http::HeaderValue;
 use bytes::Bytes;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
+use serde::Deserialize;
 use time::OffsetDateTime;
 
 pub mod render;
@@ -28,30 +32,137 @@ const VTT_LIMIT: usize = 2 * 1024 * 1024;
 /// At most this many VTT files are read per asset.
 const VTT_MAX_FILES: usize = 4;
 
-/// A resolved asset, as cached.
-#[derive(Debug)]
+/// A resolved asset, as cached: the rendered answers in one buffer, and where each thumbnail's
+/// object is in the JSON (the redirect routes read the few they need from there). No
+/// structured copy of the thumbnails is kept: the JSON is the one copy.
 pub struct Resolved {
-    pub asset: AssetThumbnails,
-    /// `asset` rendered as JSON once, at load time.
+    /// The JSON answer, rendered once at load time (a view of `buffer`).
     pub body: Bytes,
-    /// `body`, gzip-compressed.
-    pub body_gzip: Bytes,
-    /// Strong ETag of `body` (quoted).
-    pub etag: String,
-    /// `etag`, and the gzip body's tag, as shared bytes (no formatting or copy per hit).
-    pub etag_bytes: Bytes,
-    pub etag_gzip_bytes: Bytes,
+    /// The JSON, its gzip variant, both ETags and the storyboard's VTT and JSON, back to back.
+    buffer: Bytes,
+    gzip: Span,
+    /// Strong ETags of the JSON and of its gzip variant (views of `buffer`: no copy per hit).
+    etag: HeaderValue,
+    etag_gzip: HeaderValue,
+    storyboard_vtt: Option<Span>,
+    storyboard_json: Option<Span>,
+    /// Each thumbnail's index and its object's place in `body`, in list order.
+    thumbnails: Box<[ThumbnailSpan]>,
+    /// Earliest expiry of any URL in the answer.
+    expires_at: Option<OffsetDateTime>,
     /// Past this, the entry is stale: still served while a refresh runs.
     fresh_until: Instant,
-    /// The storyboard as WebVTT with working sprite URLs, when there is one.
-    pub storyboard_vtt: Option<Bytes>,
-    /// The storyboard as JSON, when there is one.
-    pub storyboard_json: Option<Bytes>,
     valid_until: Instant,
     weight: u32,
 }
 
+/// A part of [`Resolved`]'s buffer.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ThumbnailSpan {
+    index: u64,
+    object: Span,
+}
+
+/// One thumbnail as the redirect routes need it, read from the cached JSON.
+#[derive(Debug, Deserialize)]
+pub struct ThumbnailView<'a> {
+    pub index: u64,
+    #[serde(borrow)]
+    pub url: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub label: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub time: Option<f64>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("body", &self.body.len())
+            .field("etag", &self.etag)
+            .field("thumbnails", &self.thumbnails.len())
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Resolved {
+    fn new(
+        rendered: render::Rendered,
+        expires_at: Option<OffsetDateTime>,
+        fresh_until: Instant,
+        valid_until: Instant,
+    ) -> Result<Self, String> {
+        let etag_gzip = format!("{}-gzip\"", rendered.etag.trim_end_matches('"'));
+        let parts = [
+            Some(&rendered.json[..]),
+            Some(&rendered.json_gzip[..]),
+            Some(rendered.etag.as_bytes()),
+            Some(etag_gzip.as_bytes()),
+            rendered.storyboard_vtt.as_deref(),
+            rendered.storyboard_json.as_deref(),
+        ];
+        let total: usize = parts.iter().flatten().map(|p| p.len()).sum();
+        if u32::try_from(total).is_err() {
+            return Err(format!("{total} bytes of answers for one asset"));
+        }
+        let mut buffer = Vec::with_capacity(total);
+        let mut spans = [None; 6];
+        for (span, part) in spans.iter_mut().zip(parts) {
+            if let Some(part) = part {
+                *span = Some(Span {
+                    start: buffer.len() as u32,
+                    len: part.len() as u32,
+                });
+                buffer.extend_from_slice(part);
+            }
+        }
+        let buffer = Bytes::from(buffer);
+        let span = |i: usize| spans[i].expect("always present");
+        let header =
+            |s: Span| HeaderValue::from_maybe_shared(buffer.slice(s.range())).expect("a hex ETag");
+        let thumbnails: Box<[ThumbnailSpan]> = rendered
+            .thumbnails
+            .iter()
+            .map(|&(index, start, len)| ThumbnailSpan {
+                index,
+                object: Span {
+                    start: start as u32,
+                    len: len as u32,
+                },
+            })
+            .collect();
+        let weight = weigh(buffer.len(), thumbnails.len());
+        Ok(Self {
+            body: buffer.slice(span(0).range()),
+            gzip: span(1),
+            etag: header(span(2)),
+            etag_gzip: header(span(3)),
+            storyboard_vtt: spans[4],
+            storyboard_json: spans[5],
+            buffer,
+            thumbnails,
+            expires_at,
+            fresh_until,
+            valid_until,
+            weight,
+        })
+    }
+
     /// When this entry stops being served from the cache at all.
     pub fn valid_until(&self) -> Instant {
         self.valid_until
@@ -60,6 +171,59 @@ impl Resolved {
     /// When this entry stops being fresh.
     pub fn fresh_until(&self) -> Instant {
         self.fresh_until
+    }
+
+    /// `body`, gzip-compressed.
+    pub fn body_gzip(&self) -> Bytes {
+        self.buffer.slice(self.gzip.range())
+    }
+
+    /// Strong ETag of `body` (quoted).
+    pub fn etag(&self) -> &HeaderValue {
+        &self.etag
+    }
+
+    /// Strong ETag of `body_gzip` (quoted).
+    pub fn etag_gzip(&self) -> &HeaderValue {
+        &self.etag_gzip
+    }
+
+    /// The storyboard as WebVTT with working sprite URLs, when there is one.
+    pub fn storyboard_vtt(&self) -> Option<Bytes> {
+        self.storyboard_vtt.map(|s| self.buffer.slice(s.range()))
+    }
+
+    /// The storyboard as JSON, when there is one.
+    pub fn storyboard_json(&self) -> Option<Bytes> {
+        self.storyboard_json.map(|s| self.buffer.slice(s.range()))
+    }
+
+    /// Earliest expiry of any URL in the answer (None: they do not expire).
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
+    }
+
+    /// The thumbnails' indices, in list order.
+    pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
+        self.thumbnails.iter().map(|t| t.index)
+    }
+
+    /// The renditions of one index, in list order.
+    pub fn at_index(&self, index: u64) -> impl Iterator<Item = ThumbnailView<'_>> + '_ {
+        self.thumbnails
+            .iter()
+            .filter(move |t| t.index == index)
+            .map(|t| self.view(t))
+    }
+
+    /// Every thumbnail, in list order.
+    pub fn thumbnails(&self) -> impl Iterator<Item = ThumbnailView<'_>> + '_ {
+        self.thumbnails.iter().map(|t| self.view(t))
+    }
+
+    fn view(&self, t: &ThumbnailSpan) -> ThumbnailView<'_> {
+        serde_json::from_slice(&self.body[t.object.range()])
+            .expect("a thumbnail object rendered by this service parses")
     }
 }
 
@@ -128,6 +292,13 @@ struct Inner {
     recogniser: Recogniser,
     policy: CacheSettings,
     stats: Stats,
+    counters: Counters,
+}
+
+/// Metric handles of the hit path, registered once (not per request).
+struct Counters {
+    hits: metrics::Counter,
+    stale_served: metrics::Counter,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -170,45 +341,64 @@ impl Resolver {
     /// a failed refresh keeps it, up to `cache.max_stale` and never with URLs below
     /// `cache.min_validity`.
     pub async fn resolve(&self, id: &AssetId) -> Result<Resolution, ResolveError> {
+        match self.inner.cache.get(id.as_str()).await {
+            Some(entry) => self.hit(entry, || id.clone()),
+            None => self.miss(id).await,
+        }
+    }
+
+    /// [`Resolver::resolve`] for an id that passed [`AssetId::validate`]: a hit needs no
+    /// `AssetId` (no allocation); one is made for a miss or a refresh.
+    pub async fn resolve_str(&self, id: &str) -> Result<Resolution, ResolveError> {
+        match self.inner.cache.get(id).await {
+            Some(entry) => self.hit(entry, || AssetId::from_validated(id)),
+            None => self.miss(&AssetId::from_validated(id)).await,
+        }
+    }
+
+    fn hit(&self, entry: Entry, id: impl FnOnce() -> AssetId) -> Result<Resolution, ResolveError> {
         let inner = &self.inner;
-        let (entry, hit) = match inner.cache.get(id.as_str()).await {
-            Some(entry) => {
-                inner.stats.hits.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("cache_hits_total").increment(1);
-                (entry, true)
-            }
-            None => {
-                // Whether this caller's load ran, or it waited on another caller's.
-                let loaded_here = std::sync::atomic::AtomicBool::new(false);
-                let result = inner
-                    .cache
-                    // Boxed: the miss path must not make every hit's future large.
-                    .try_get_with(
-                        id.key(),
-                        Box::pin(async {
-                            loaded_here.store(true, Ordering::Relaxed);
-                            inner.load(id).await
-                        }),
-                    )
-                    .await;
-                if loaded_here.load(Ordering::Relaxed) {
-                    metrics::counter!("cache_misses_total").increment(1);
-                } else {
-                    metrics::counter!("cache_coalesced_total").increment(1);
-                }
-                (result.map_err(ResolveError::Source)?, false)
-            }
-        };
+        inner.stats.hits.fetch_add(1, Ordering::Relaxed);
+        inner.counters.hits.increment(1);
         match entry {
             Entry::Found(resolved) => {
-                // A load just made (or waited on) is as fresh as it gets.
-                let stale = hit && Instant::now() >= resolved.fresh_until;
+                let stale = Instant::now() >= resolved.fresh_until;
                 if stale {
-                    metrics::counter!("cache_stale_served_total").increment(1);
-                    self.refresh_in_background(id, resolved.clone());
+                    inner.counters.stale_served.increment(1);
+                    self.refresh_in_background(&id(), resolved.clone());
                 }
                 Ok(Resolution { resolved, stale })
             }
+            Entry::NotFound { .. } => Err(ResolveError::NotFound),
+        }
+    }
+
+    async fn miss(&self, id: &AssetId) -> Result<Resolution, ResolveError> {
+        let inner = &self.inner;
+        // Whether this caller's load ran, or it waited on another caller's.
+        let loaded_here = std::sync::atomic::AtomicBool::new(false);
+        let result = inner
+            .cache
+            // Boxed: the miss path must not make every hit's future large.
+            .try_get_with(
+                id.key(),
+                Box::pin(async {
+                    loaded_here.store(true, Ordering::Relaxed);
+                    inner.load(id).await
+                }),
+            )
+            .await;
+        if loaded_here.load(Ordering::Relaxed) {
+            metrics::counter!("cache_misses_total").increment(1);
+        } else {
+            metrics::counter!("cache_coalesced_total").increment(1);
+        }
+        match result.map_err(ResolveError::Source)? {
+            // A load just made (or waited on) is as fresh as it gets.
+            Entry::Found(resolved) => Ok(Resolution {
+                resolved,
+                stale: false,
+            }),
             Entry::NotFound { .. } => Err(ResolveError::NotFound),
         }
     }
@@ -261,7 +451,12 @@ impl Resolver {
 
     /// Drops an asset's cache entry.
     pub async fn invalidate(&self, id: &AssetId) {
-        self.inner.cache.invalidate(id.as_str()).await;
+        self.invalidate_str(id.as_str()).await;
+    }
+
+    /// [`Resolver::invalidate`] by the id's text.
+    pub async fn invalidate_str(&self, id: &str) {
+        self.inner.cache.invalidate(id).await;
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -317,6 +512,14 @@ impl Inner {
             recogniser,
             policy: settings.cache.clone(),
             stats: Stats::default(),
+            counters: {
+                // The service's recorder first, so that the handles are its own.
+                crate::metrics::handle();
+                Counters {
+                    hits: metrics::counter!("cache_hits_total"),
+                    stale_served: metrics::counter!("cache_stale_served_total"),
+                }
+            },
         }
     }
 
@@ -335,7 +538,7 @@ impl Inner {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(resolved) => {
-                tracing::debug!(asset_id = %id, elapsed_ms, thumbnails = resolved.asset.thumbnails.len(), "asset loaded");
+                tracing::debug!(asset_id = %id, elapsed_ms, thumbnails = resolved.thumbnails.len(), "asset loaded");
                 Ok(Entry::Found(Arc::new(resolved)))
             }
             Err(SourceError::NotFound) => {
@@ -411,21 +614,13 @@ impl Inner {
             message: e.to_string(),
         })?;
         self.stats.renders.fetch_add(1, Ordering::Relaxed);
-        let weight = weigh(&asset, &rendered);
         let (fresh_for, keep_for) = self.lifetimes(expires_at);
         let now = Instant::now();
-        Ok(Resolved {
-            fresh_until: now + fresh_for,
-            valid_until: now + keep_for,
-            asset,
-            body: rendered.json,
-            body_gzip: rendered.json_gzip,
-            etag_bytes: Bytes::from(rendered.etag.clone()),
-            etag_gzip_bytes: Bytes::from(format!("{}-gzip\"", rendered.etag.trim_end_matches('"'))),
-            etag: rendered.etag,
-            storyboard_vtt: rendered.storyboard_vtt,
-            storyboard_json: rendered.storyboard_json,
-            weight,
+        Resolved::new(rendered, expires_at, now + fresh_for, now + keep_for).map_err(|message| {
+            SourceError::Upstream {
+                backend: "render",
+                message,
+            }
         })
     }
 
@@ -489,13 +684,13 @@ fn content_type(blob: &crate::model::BlobEntry) -> String {
         .unwrap_or_else(|| content_type_for(&blob.name))
 }
 
-/// Approximate bytes held by an entry: the rendered bodies, the structured copy (which holds
-/// the same strings as the JSON, so about the JSON again) and fixed overheads.
-fn weigh(asset: &AssetThumbnails, rendered: &render::Rendered) -> u32 {
-    let fixed = 256 + asset.thumbnails.len() * std::mem::size_of::<Thumbnail>();
-    let bodies = rendered.json.len() * 2
-        + rendered.json_gzip.len()
-        + rendered.storyboard_vtt.as_ref().map_or(0, |b| b.len())
-        + rendered.storyboard_json.as_ref().map_or(0, |b| b.len());
-    u32::try_from(bodies + fixed).unwrap_or(u32::MAX)
+/// Bytes an entry holds beyond its buffer and thumbnail spans: the `Resolved` itself, the
+/// buffer's shared header, moka's entry, deque and timer nodes, and the allocator's overhead
+/// on each (measured with `bench/run`'s memory phase; see bench/RESULTS.md).
+const ENTRY_OVERHEAD: usize = 512;
+
+/// Approximate bytes held by an entry.
+fn weigh(buffer: usize, thumbnails: usize) -> u32 {
+    let bytes = buffer + thumbnails * std::mem::size_of::<ThumbnailSpan>() + ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }

@@ -273,7 +273,10 @@ fn redirect(url: &str, resolved: &Resolution) -> Response {
 /// `Cache-Control`, and `x-cache-status: stale` when the answer is served past its freshness
 /// while a refresh runs.
 fn set_freshness(headers: &mut HeaderMap, resolution: &Resolution) {
-    headers.insert(header::CACHE_CONTROL, cache_control(resolution));
+    headers.insert(
+        header::CACHE_CONTROL,
+        cache_control(resolution, resolution.at),
+    );
     if resolution.stale {
         headers.insert(
             HeaderName::from_static("x-cache-status"),
@@ -284,11 +287,11 @@ fn set_freshness(headers: &mut HeaderMap, resolution: &Resolution) {
 
 /// Cacheable while the service itself would serve the entry, and never longer than its URLs
 /// stay valid; `private` when the URLs are signed (they grant access).
-fn cache_control(resolved: &Resolved) -> HeaderValue {
+fn cache_control(resolved: &Resolved, now: Instant) -> HeaderValue {
     // Only the fresh part: a stale answer is not for clients to keep.
     let mut max_age = resolved
         .fresh_until()
-        .saturating_duration_since(Instant::now())
+        .saturating_duration_since(now)
         .as_secs();
     if let Some(expires) = resolved.expires_at() {
         let left = (expires - OffsetDateTime::now_utc()).whole_seconds().max(0);

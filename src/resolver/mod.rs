@@ -287,7 +287,7 @@ struct Inner {
     refreshing: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     /// Longest a background refresh may run (the request timeout).
     refresh_deadline: Duration,
-    cache: Cache<Arc<str>, Entry>,
+    cache: Cache<Arc<str>, Entry, foldhash::fast::RandomState>,
     backend: Backend,
     recogniser: Recogniser,
     policy: CacheSettings,
@@ -320,6 +320,8 @@ pub struct Resolver {
 pub struct Resolution {
     pub resolved: Arc<Resolved>,
     pub stale: bool,
+    /// When the entry was looked up (its freshness was judged at this instant).
+    pub at: Instant,
 }
 
 impl std::ops::Deref for Resolution {
@@ -362,12 +364,17 @@ impl Resolver {
         inner.counters.hits.increment(1);
         match entry {
             Entry::Found(resolved) => {
-                let stale = Instant::now() >= resolved.fresh_until;
+                let at = Instant::now();
+                let stale = at >= resolved.fresh_until;
                 if stale {
                     inner.counters.stale_served.increment(1);
                     self.refresh_in_background(&id(), resolved.clone());
                 }
-                Ok(Resolution { resolved, stale })
+                Ok(Resolution {
+                    resolved,
+                    stale,
+                    at,
+                })
             }
             Entry::NotFound { .. } => Err(ResolveError::NotFound),
         }
@@ -398,6 +405,7 @@ impl Resolver {
             Entry::Found(resolved) => Ok(Resolution {
                 resolved,
                 stale: false,
+                at: Instant::now(),
             }),
             Entry::NotFound { .. } => Err(ResolveError::NotFound),
         }
@@ -503,7 +511,7 @@ impl Inner {
                 };
                 metrics::counter!("cache_evictions_total", "cause" => cause).increment(1);
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             refreshing: Default::default(),
             refresh_deadline: settings.server.request_timeout,

@@ -7,9 +7,6 @@ use ams_thumbnails::source::Backend;
 use ams_thumbnails::{Server, Settings, server, telemetry};
 use clap::{Parser, Subcommand};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Turns a video asset id into ready-to-use thumbnail URLs.
 #[derive(Parser)]
 #[command(version, about)]

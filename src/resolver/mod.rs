@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -38,22 +39,28 @@ const VTT_MAX_FILES: usize = 4;
 pub struct Resolved {
     /// The JSON answer, rendered once at load time (a view of `buffer`).
     pub body: Bytes,
-    /// The JSON, its gzip variant, both ETags and the storyboard's VTT and JSON, back to back.
+    /// The JSON, its ETag and the storyboard's VTT and JSON, back to back.
     buffer: Bytes,
-    gzip: Span,
-    /// Strong ETags of the JSON and of its gzip variant (views of `buffer`: no copy per hit).
+    /// Strong ETag of the JSON (a view of `buffer`: no copy per hit).
     etag: HeaderValue,
-    etag_gzip: HeaderValue,
+    /// The gzip variant and its ETag, made on the first request that accepts gzip: entries
+    /// only ever read uncompressed (API clients, `batchGet`) do not hold it.
+    gzip: OnceLock<Box<Gzipped>>,
     storyboard_vtt: Option<Span>,
     storyboard_json: Option<Span>,
-    /// Each thumbnail's index and its object's place in `body`, in list order.
-    thumbnails: Box<[ThumbnailSpan]>,
+    /// Each thumbnail's index and its object's place in `body`, in list order: 16 bytes each
+    /// (index, start, length, little-endian), in `buffer` (no allocation of their own).
+    thumbnails: Span,
     /// Earliest expiry of any URL in the answer.
     expires_at: Option<OffsetDateTime>,
     /// Past this, the entry is stale: still served while a refresh runs.
     fresh_until: Instant,
     valid_until: Instant,
-    weight: u32,
+}
+
+struct Gzipped {
+    body: Bytes,
+    etag: HeaderValue,
 }
 
 /// A part of [`Resolved`]'s buffer.
@@ -75,6 +82,27 @@ struct ThumbnailSpan {
     object: Span,
 }
 
+impl ThumbnailSpan {
+    const BYTES: usize = 16;
+
+    fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&self.object.start.to_le_bytes());
+        out.extend_from_slice(&self.object.len.to_le_bytes());
+    }
+
+    fn read(b: &[u8]) -> Self {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Self {
+            index: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            object: Span {
+                start: u32_at(8),
+                len: u32_at(12),
+            },
+        }
+    }
+}
+
 /// One thumbnail as the redirect routes need it, read from the cached JSON.
 #[derive(Debug, Deserialize)]
 pub struct ThumbnailView<'a> {
@@ -94,7 +122,7 @@ impl std::fmt::Debug for Resolved {
         f.debug_struct("Resolved")
             .field("body", &self.body.len())
             .field("etag", &self.etag)
-            .field("thumbnails", &self.thumbnails.len())
+            .field("thumbnails", &self.spans().len())
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
@@ -107,21 +135,30 @@ impl Resolved {
         fresh_until: Instant,
         valid_until: Instant,
     ) -> Result<Self, String> {
-        let etag_gzip = format!("{}-gzip\"", rendered.etag.trim_end_matches('"'));
+        let mut spans_bytes = Vec::with_capacity(rendered.thumbnails.len() * ThumbnailSpan::BYTES);
+        for &(index, start, len) in &rendered.thumbnails {
+            ThumbnailSpan {
+                index,
+                object: Span {
+                    start: start as u32,
+                    len: len as u32,
+                },
+            }
+            .write(&mut spans_bytes);
+        }
         let parts = [
             Some(&rendered.json[..]),
-            Some(&rendered.json_gzip[..]),
             Some(rendered.etag.as_bytes()),
-            Some(etag_gzip.as_bytes()),
             rendered.storyboard_vtt.as_deref(),
             rendered.storyboard_json.as_deref(),
+            Some(&spans_bytes[..]),
         ];
         let total: usize = parts.iter().flatten().map(|p| p.len()).sum();
         if u32::try_from(total).is_err() {
             return Err(format!("{total} bytes of answers for one asset"));
         }
         let mut buffer = Vec::with_capacity(total);
-        let mut spans = [None; 6];
+        let mut spans = [None; 5];
         for (span, part) in spans.iter_mut().zip(parts) {
             if let Some(part) = part {
                 *span = Some(Span {
@@ -135,31 +172,17 @@ impl Resolved {
         let span = |i: usize| spans[i].expect("always present");
         let header =
             |s: Span| HeaderValue::from_maybe_shared(buffer.slice(s.range())).expect("a hex ETag");
-        let thumbnails: Box<[ThumbnailSpan]> = rendered
-            .thumbnails
-            .iter()
-            .map(|&(index, start, len)| ThumbnailSpan {
-                index,
-                object: Span {
-                    start: start as u32,
-                    len: len as u32,
-                },
-            })
-            .collect();
-        let weight = weigh(buffer.len(), thumbnails.len());
         Ok(Self {
             body: buffer.slice(span(0).range()),
-            gzip: span(1),
-            etag: header(span(2)),
-            etag_gzip: header(span(3)),
-            storyboard_vtt: spans[4],
-            storyboard_json: spans[5],
+            etag: header(span(1)),
+            gzip: OnceLock::new(),
+            storyboard_vtt: spans[2],
+            storyboard_json: spans[3],
+            thumbnails: span(4),
             buffer,
-            thumbnails,
             expires_at,
             fresh_until,
             valid_until,
-            weight,
         })
     }
 
@@ -173,9 +196,9 @@ impl Resolved {
         self.fresh_until
     }
 
-    /// `body`, gzip-compressed.
+    /// `body`, gzip-compressed (compressed on the first call, then kept).
     pub fn body_gzip(&self) -> Bytes {
-        self.buffer.slice(self.gzip.range())
+        self.gzipped().body.clone()
     }
 
     /// Strong ETag of `body` (quoted).
@@ -185,7 +208,24 @@ impl Resolved {
 
     /// Strong ETag of `body_gzip` (quoted).
     pub fn etag_gzip(&self) -> &HeaderValue {
-        &self.etag_gzip
+        &self.gzipped().etag
+    }
+
+    fn gzipped(&self) -> &Gzipped {
+        self.gzip.get_or_init(|| {
+            // One buffer: the compressed body, then its tag (the plain one, suffixed).
+            let tag = self.etag.as_bytes();
+            let mut buffer = render::gzip(&self.body);
+            let body_len = buffer.len();
+            buffer.extend_from_slice(&tag[..tag.len() - 1]);
+            buffer.extend_from_slice(b"-gzip\"");
+            buffer.shrink_to_fit();
+            let buffer = Bytes::from(buffer);
+            Box::new(Gzipped {
+                body: buffer.slice(..body_len),
+                etag: HeaderValue::from_maybe_shared(buffer.slice(body_len..)).expect("a hex ETag"),
+            })
+        })
     }
 
     /// The storyboard as WebVTT with working sprite URLs, when there is one.
@@ -203,22 +243,26 @@ impl Resolved {
         self.expires_at
     }
 
+    fn spans(&self) -> std::slice::ChunksExact<'_, u8> {
+        self.buffer[self.thumbnails.range()].chunks_exact(ThumbnailSpan::BYTES)
+    }
+
     /// The thumbnails' indices, in list order.
     pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
-        self.thumbnails.iter().map(|t| t.index)
+        self.spans().map(|b| ThumbnailSpan::read(b).index)
     }
 
     /// The renditions of one index, in list order.
     pub fn at_index(&self, index: u64) -> impl Iterator<Item = ThumbnailView<'_>> + '_ {
-        self.thumbnails
-            .iter()
+        self.spans()
+            .map(ThumbnailSpan::read)
             .filter(move |t| t.index == index)
-            .map(|t| self.view(t))
+            .map(|t| self.view(&t))
     }
 
     /// Every thumbnail, in list order.
     pub fn thumbnails(&self) -> impl Iterator<Item = ThumbnailView<'_>> + '_ {
-        self.thumbnails.iter().map(|t| self.view(t))
+        self.spans().map(|b| self.view(&ThumbnailSpan::read(b)))
     }
 
     fn view(&self, t: &ThumbnailSpan) -> ThumbnailView<'_> {
@@ -621,7 +665,7 @@ impl Inner {
             .max_capacity(settings.cache.max_bytes)
             .weigher(|key: &Arc<str>, entry: &Entry| {
                 let value = match entry {
-                    Entry::Found(r) => r.weight,
+                    Entry::Found(r) => weigh(r.buffer.len()),
                     Entry::NotFound { .. } => 64,
                 };
                 value.saturating_add(key.len() as u32)
@@ -686,7 +730,7 @@ impl Inner {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(resolved) => {
-                tracing::debug!(asset_id = %id, elapsed_ms, thumbnails = resolved.thumbnails.len(), "asset loaded");
+                tracing::debug!(asset_id = %id, elapsed_ms, thumbnails = resolved.spans().len(), "asset loaded");
                 Ok(Entry::Found(Arc::new(resolved)))
             }
             Err(SourceError::NotFound) => {
@@ -832,13 +876,14 @@ fn content_type(blob: &crate::model::BlobEntry) -> String {
         .unwrap_or_else(|| content_type_for(&blob.name))
 }
 
-/// Bytes an entry holds beyond its buffer and thumbnail spans: the `Resolved` itself, the
-/// buffer's shared header, moka's entry, deque and timer nodes, and the allocator's overhead
-/// on each (measured with `bench/run`'s memory phase; see bench/RESULTS.md).
-const ENTRY_OVERHEAD: usize = 512;
+/// Bytes an entry holds beyond its buffer: the `Resolved` itself, the
+/// buffer's shared header, moka's entry, deque and timer nodes, the read index's slot, and
+/// the allocator's overhead on each (measured with `bench/run`'s memory phase; see
+/// bench/RESULTS.md). The gzip variant, made later, is not weighed (moka weighs an entry once,
+/// when it is inserted): it adds about a seventh of the JSON's size.
+const ENTRY_OVERHEAD: usize = 800;
 
 /// Approximate bytes held by an entry.
-fn weigh(buffer: usize, thumbnails: usize) -> u32 {
-    let bytes = buffer + thumbnails * std::mem::size_of::<ThumbnailSpan>() + ENTRY_OVERHEAD;
-    u32::try_from(bytes).unwrap_or(u32::MAX)
+fn weigh(buffer: usize) -> u32 {
+    u32::try_from(buffer + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
 }

@@ -1,5 +1,5 @@
-//! Everything a hit serves, rendered once at load time: the JSON answer (plain and gzip), its
-//! strong ETag, and the storyboard as WebVTT and JSON.
+//! Everything a hit serves, rendered once at load time: the JSON answer, its strong ETag, and
+//! the storyboard as WebVTT and JSON (the gzip variant is made on first request).
 
 use std::io::Write;
 
@@ -13,7 +13,6 @@ use crate::model::{AssetThumbnails, StoryboardTile};
 #[derive(Debug, Clone)]
 pub struct Rendered {
     pub json: Vec<u8>,
-    pub json_gzip: Vec<u8>,
     /// Strong ETag of `json` (quoted).
     pub etag: String,
     pub storyboard_vtt: Option<Vec<u8>>,
@@ -63,7 +62,6 @@ pub fn render(asset: &AssetThumbnails) -> Result<Rendered, serde_json::Error> {
         None => (None, None),
     };
     Ok(Rendered {
-        json_gzip: gzip(&json),
         etag: etag(&json),
         json,
         storyboard_vtt,
@@ -150,7 +148,8 @@ pub fn etag(body: &[u8]) -> String {
     format!("\"{hex}\"")
 }
 
-fn gzip(body: &[u8]) -> Vec<u8> {
+/// The gzip variant of an answer (made on its first request: see `Resolved::body_gzip`).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(body).expect("writing to memory");
     encoder.finish().expect("writing to memory")

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use std::borrow::Cow;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use axum::http::HeaderValue;
@@ -36,13 +37,20 @@ const VTT_MAX_FILES: usize = 4;
 /// A resolved asset, as cached: the rendered answers in one buffer, and where each thumbnail's
 /// object is in the JSON (the redirect routes read the few they need from there). No
 /// structured copy of the thumbnails is kept: the JSON is the one copy.
+// Fields in this order (`repr(C)`): what a hit reads first, together in the fewest cache lines.
+#[repr(C)]
 pub struct Resolved {
+    valid_until: Instant,
+    /// Past this, the entry is stale: still served while a refresh runs.
+    fresh_until: Instant,
     /// The JSON answer, rendered once at load time (a view of `buffer`).
     pub body: Bytes,
-    /// The JSON, its ETag and the storyboard's VTT and JSON, back to back.
-    buffer: Bytes,
     /// Strong ETag of the JSON (a view of `buffer`: no copy per hit).
     etag: HeaderValue,
+    /// Earliest expiry of any URL in the answer.
+    expires_at: Option<OffsetDateTime>,
+    /// The JSON, its ETag, the storyboard's VTT and JSON and the thumbnail spans, back to back.
+    buffer: Bytes,
     /// The gzip variant and its ETag, made on the first request that accepts gzip: entries
     /// only ever read uncompressed (API clients, `batchGet`) do not hold it.
     gzip: OnceLock<Box<Gzipped>>,
@@ -51,11 +59,6 @@ pub struct Resolved {
     /// Each thumbnail's index and its object's place in `body`, in list order: 16 bytes each
     /// (index, start, length, little-endian), in `buffer` (no allocation of their own).
     thumbnails: Span,
-    /// Earliest expiry of any URL in the answer.
-    expires_at: Option<OffsetDateTime>,
-    /// Past this, the entry is stale: still served while a refresh runs.
-    fresh_until: Instant,
-    valid_until: Instant,
 }
 
 struct Gzipped {
@@ -184,6 +187,15 @@ impl Resolved {
             fresh_until,
             valid_until,
         })
+    }
+
+    /// Whether this is the entry of that id: the answer opens with it (ids whose JSON form
+    /// needs escapes never match, and are served through moka).
+    fn is_for(&self, id: &str) -> bool {
+        const PREFIX: &[u8] = b"{\"assetId\":\"";
+        self.body
+            .get(PREFIX.len()..PREFIX.len() + id.len() + 1)
+            .is_some_and(|b| &b[..id.len()] == id.as_bytes() && b[id.len()] == b'"')
     }
 
     /// When this entry stops being served from the cache at all.
@@ -345,7 +357,28 @@ struct ReadIndex {
     hasher: foldhash::fast::RandomState,
 }
 
-type HotMap = std::collections::HashMap<Arc<str>, Arc<Resolved>, foldhash::fast::RandomState>;
+/// By the id's 64-bit hash: a lookup reads no key (the entry itself says whose it is, see
+/// [`Resolved::is_for`]); two ids of the same hash share a slot, the later one wins and the
+/// other is served through moka.
+type HotMap = std::collections::HashMap<u64, Arc<Resolved>, BuildHasherDefault<HashIsKey>>;
+
+/// The keys are hashes already.
+#[derive(Default)]
+struct HashIsKey(u64);
+
+impl Hasher for HashIsKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 impl ReadIndex {
     const SHARDS: usize = 64;
@@ -357,39 +390,40 @@ impl ReadIndex {
         }
     }
 
-    fn shard(&self, key: &str) -> &std::sync::RwLock<HotMap> {
+    fn slot(&self, key: &str) -> (&std::sync::RwLock<HotMap>, u64) {
         use std::hash::BuildHasher;
-        &self.shards[self.hasher.hash_one(key) as usize % Self::SHARDS]
+        let hash = self.hasher.hash_one(key);
+        // The map places entries by the low bits: the shard comes from others.
+        (&self.shards[(hash >> 40) as usize % Self::SHARDS], hash)
     }
 
     /// The entry, while it may still be served.
     fn get(&self, key: &str) -> Option<Arc<Resolved>> {
-        let found = self
-            .shard(key)
-            .read()
-            .expect("not poisoned")
-            .get(key)
-            .cloned()?;
-        (Instant::now() < found.valid_until).then_some(found)
+        let (shard, hash) = self.slot(key);
+        let found = shard.read().expect("not poisoned").get(&hash).cloned()?;
+        (found.is_for(key) && Instant::now() < found.valid_until).then_some(found)
     }
 
-    fn insert(&self, key: Arc<str>, resolved: Arc<Resolved>) {
-        self.shard(&key)
-            .write()
-            .expect("not poisoned")
-            .insert(key, resolved);
+    fn insert(&self, key: &str, resolved: Arc<Resolved>) {
+        if !resolved.is_for(key) {
+            return;
+        }
+        let (shard, hash) = self.slot(key);
+        shard.write().expect("not poisoned").insert(hash, resolved);
     }
 
     /// Removes the key if it still maps to this very entry.
     fn remove(&self, key: &str, resolved: &Arc<Resolved>) {
-        let mut shard = self.shard(key).write().expect("not poisoned");
-        if shard.get(key).is_some_and(|r| Arc::ptr_eq(r, resolved)) {
-            shard.remove(key);
+        let (shard, hash) = self.slot(key);
+        let mut shard = shard.write().expect("not poisoned");
+        if shard.get(&hash).is_some_and(|r| Arc::ptr_eq(r, resolved)) {
+            shard.remove(&hash);
         }
     }
 
     fn forget(&self, key: &str) {
-        self.shard(key).write().expect("not poisoned").remove(key);
+        let (shard, hash) = self.slot(key);
+        shard.write().expect("not poisoned").remove(&hash);
     }
 }
 
@@ -708,7 +742,10 @@ impl Inner {
     /// entry: one evicted, replaced or invalidated meanwhile (its removal notice came before
     /// the insertion) is taken out again.
     async fn publish(&self, key: Arc<str>, resolved: &Arc<Resolved>) {
-        self.hot.insert(key.clone(), resolved.clone());
+        if !resolved.is_for(&key) {
+            return;
+        }
+        self.hot.insert(&key, resolved.clone());
         let held = self.cache.get(&*key).await;
         if !matches!(&held, Some(Entry::Found(r)) if Arc::ptr_eq(r, resolved)) {
             self.hot.remove(&key, resolved);
@@ -886,4 +923,80 @@ const ENTRY_OVERHEAD: usize = 800;
 /// Approximate bytes held by an entry.
 fn weigh(buffer: usize) -> u32 {
     u32::try_from(buffer + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AssetThumbnails, Thumbnail};
+
+    fn resolved(id: &str) -> Arc<Resolved> {
+        let asset = AssetThumbnails {
+            asset_id: id.into(),
+            thumbnails: vec![Thumbnail {
+                index: 1,
+                name: "Thumbnail000001.jpg".into(),
+                url: "https://x/1.jpg".into(),
+                content_type: "image/jpeg".into(),
+                size: 1,
+                label: None,
+                width: Some(160),
+                height: None,
+                time: None,
+            }],
+            storyboard: None,
+            expires_at: None,
+        };
+        let now = Instant::now();
+        let rendered = render::render(&asset).unwrap();
+        Arc::new(Resolved::new(rendered, None, now, now + Duration::from_secs(60)).unwrap())
+    }
+
+    #[test]
+    fn an_entry_knows_its_id() {
+        let r = resolved("abc");
+        assert!(r.is_for("abc"));
+        assert!(!r.is_for("ab"));
+        assert!(!r.is_for("abcd"));
+        // Escaped in the JSON: never matched, so served through moka.
+        assert!(!resolved("a\"b").is_for("a\"b"));
+        assert!(resolved("vidéo").is_for("vidéo"));
+        let t: Vec<_> = r.thumbnails().collect();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].url, "https://x/1.jpg");
+        assert_eq!(r.indices().collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn the_read_index_holds_only_what_it_was_given() {
+        let index = ReadIndex::new();
+        let (a, b) = (resolved("a"), resolved("b"));
+        index.insert("a", a.clone());
+        index.insert("b", b.clone());
+        // An entry under another id is refused.
+        index.insert("c", a.clone());
+        assert!(index.get("c").is_none());
+        assert!(Arc::ptr_eq(&index.get("a").unwrap(), &a));
+        // Only that very entry is removed.
+        index.remove("a", &b);
+        assert!(index.get("a").is_some());
+        index.remove("a", &a);
+        assert!(index.get("a").is_none());
+        index.forget("b");
+        assert!(index.get("b").is_none());
+        // Past its validity an entry is not served.
+        let now = Instant::now();
+        let rendered = render::render(&AssetThumbnails {
+            asset_id: "old".into(),
+            thumbnails: vec![],
+            storyboard: None,
+            expires_at: None,
+        })
+        .unwrap();
+        index.insert(
+            "old",
+            Arc::new(Resolved::new(rendered, None, now, now).unwrap()),
+        );
+        assert!(index.get("old").is_none());
+    }
 }

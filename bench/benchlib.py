@@ -359,7 +359,8 @@ def report(records_path: str, results_md: str) -> None:
             f"RSS {r['rss_before_kib'] / 1024:,.1f} → {r['rss_after_kib'] / 1024:,.1f} MiB for "
             f"{r['entries_measured']:,} entries: **{per_entry:,.0f} B/entry**, JSON body "
             f"{r['body_bytes']:,} B, so **{beyond:,.0f} B beyond the body** {verdict} "
-            f"(of which the gzip copy {r['gzip_bytes']:,} B; cache weigher "
+            f"(the gzip variant, {r['gzip_bytes']:,} B, is made on an entry's first gzip request: "
+            f"not held here; cache weigher "
             f"{r['weight_per_entry']:,.0f} B/entry; {r['entries']:,} entries cached)"
         )
         rows.append(

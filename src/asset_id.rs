@@ -27,8 +27,50 @@ pub enum InvalidAssetId {
     Whitespace,
 }
 
+/// ASCII bytes allowed anywhere in an id: visible characters and space, less the forbidden.
+const ALLOWED_ASCII: [bool; 128] = {
+    let mut allowed = [false; 128];
+    let mut c = 0x20;
+    while c < 0x7f {
+        allowed[c] = true;
+        c += 1;
+    }
+    let mut i = 0;
+    while i < FORBIDDEN.len() {
+        allowed[FORBIDDEN[i] as usize] = false;
+        i += 1;
+    }
+    allowed
+};
+
 impl AssetId {
     pub fn parse(raw: &str) -> Result<Self, InvalidAssetId> {
+        Self::validate(raw)?;
+        Ok(Self(Arc::from(raw)))
+    }
+
+    /// An id from text that [`AssetId::validate`] accepted.
+    pub fn from_validated(raw: &str) -> Self {
+        debug_assert!(Self::validate(raw).is_ok(), "{raw:?}");
+        Self(Arc::from(raw))
+    }
+
+    /// Checks an id without keeping it (no allocation).
+    pub fn validate(raw: &str) -> Result<(), InvalidAssetId> {
+        // The common case in one pass: short, ASCII, nothing forbidden, no space at either end.
+        let bytes = raw.as_bytes();
+        if let (Some(&first), Some(&last)) = (bytes.first(), bytes.last())
+            && bytes.len() <= MAX_LEN
+            && first != b' '
+            && last != b' '
+            && bytes.iter().all(|&b| b < 0x80 && ALLOWED_ASCII[b as usize])
+        {
+            return Ok(());
+        }
+        Self::validate_slowly(raw)
+    }
+
+    fn validate_slowly(raw: &str) -> Result<(), InvalidAssetId> {
         if raw.is_empty() {
             return Err(InvalidAssetId::Empty);
         }
@@ -46,7 +88,7 @@ impl AssetId {
         if raw.trim() != raw {
             return Err(InvalidAssetId::Whitespace);
         }
-        Ok(Self(Arc::from(raw)))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -104,5 +146,38 @@ mod tests {
         assert_eq!(AssetId::parse("a%2Fb"), Err(InvalidAssetId::Forbidden('%')));
         assert_eq!(AssetId::parse("x:y"), Err(InvalidAssetId::Forbidden(':')));
         assert_eq!(AssetId::parse(" padded"), Err(InvalidAssetId::Whitespace));
+        assert_eq!(AssetId::parse("padded "), Err(InvalidAssetId::Whitespace));
+        assert_eq!(AssetId::parse("a\u{7f}b"), Err(InvalidAssetId::Control));
+    }
+
+    #[test]
+    fn the_quick_check_agrees_with_the_full_one() {
+        for c in 0u8..0x80 {
+            for id in [
+                format!("a{}b", c as char),
+                format!("{}", c as char),
+                format!("{}x", c as char),
+                format!("x{}", c as char),
+            ] {
+                assert_eq!(
+                    AssetId::validate(&id),
+                    AssetId::validate_slowly(&id),
+                    "{id:?}"
+                );
+            }
+        }
+        for id in [
+            "vidéo-été",
+            "a\u{a0}",
+            "\u{2003}a",
+            &"é".repeat(200),
+            &"a".repeat(261),
+        ] {
+            assert_eq!(
+                AssetId::validate(id),
+                AssetId::validate_slowly(id),
+                "{id:?}"
+            );
+        }
     }
 }

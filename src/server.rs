@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
@@ -79,8 +80,15 @@ impl Server {
                 crate::metrics::handle().run_upkeep();
             }
         });
+        // Answers leave at once (no Nagle delay behind an unacknowledged segment), as nginx does
+        // for keep-alive connections.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         let serve = axum::serve(
-            self.listener,
+            listener,
             app(self.state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(signal);

@@ -1,8 +1,10 @@
 //! `/assets/{assetId}/...`: the thumbnail list and the redirects an `<img src>` can point at.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use time::OffsetDateTime;
@@ -11,58 +13,61 @@ use super::AppState;
 use super::params::{AssetPath, QueryParams, parse_index};
 use super::problem::{Kind, Problem};
 use crate::model::Thumbnail;
-use crate::resolver::{Resolution, Resolved};
+use crate::resolver::{Resolution, Resolved, ThumbnailView};
 
 /// `GET /assets/{assetId}/thumbnails`: the cached JSON, as rendered (and compressed) at load
-/// time, with a strong ETag.
+/// time, with a strong ETag. The hit path formats nothing and copies nothing: the body and the
+/// ETag are views of the cached buffer, the other header values are shared constants.
 pub async fn list(
     State(state): State<AppState>,
     path: AssetPath,
-    request: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
-    let resolved = state.resolver.resolve(&path.id).await?;
-    let gzip = accepts_gzip(&request);
+    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let request = request.headers();
+    let gzip = accepts_gzip(request);
     // Each encoding is its own representation, with its own strong tag.
-    let etag = HeaderValue::from_maybe_shared(if gzip {
-        resolved.etag_gzip_bytes.clone()
+    let etag = if gzip {
+        resolved.etag_gzip()
     } else {
-        resolved.etag_bytes.clone()
-    })
-    .expect("hex ETag");
+        resolved.etag()
+    };
     let not_modified = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| etag_matches(v, etag.to_str().expect("ASCII tag")));
+        .is_some_and(|v| etag_matches(v, etag.as_bytes()));
+    // Room for every header this answer gets on its way out (security headers, request id)
+    // without growing the map.
+    let mut headers = HeaderMap::with_capacity(9);
     let mut response = if not_modified {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else if gzip {
-        let mut r = resolved.body_gzip.clone().into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
     } else {
-        resolved.body.clone().into_response()
+        headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
+        if gzip {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            Response::new(Body::from(resolved.body_gzip()))
+        } else {
+            Response::new(Body::from(resolved.body.clone()))
+        }
     };
-    let headers = response.headers_mut();
-    if !not_modified {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    headers.insert(header::ETAG, etag);
-    set_freshness(headers, &resolved);
+    headers.insert(header::ETAG, etag.clone());
+    set_freshness(&mut headers, &resolved);
     headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    *response.headers_mut() = headers;
     Ok(response)
 }
+
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// `GET /assets/{assetId}/storyboard.vtt`: the sprite's WebVTT, cues pointing at working URLs.
 pub async fn storyboard_vtt(
     State(state): State<AppState>,
     path: AssetPath,
 ) -> Result<Response, Problem> {
-    let resolved = state.resolver.resolve(&path.id).await?;
-    let body = resolved.storyboard_vtt.clone().ok_or_else(no_storyboard)?;
+    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let body = resolved.storyboard_vtt().ok_or_else(no_storyboard)?;
     Ok(storyboard_response(
         body,
         "text/vtt; charset=utf-8",
@@ -75,14 +80,14 @@ pub async fn storyboard_json(
     State(state): State<AppState>,
     path: AssetPath,
 ) -> Result<Response, Problem> {
-    let resolved = state.resolver.resolve(&path.id).await?;
-    let body = resolved.storyboard_json.clone().ok_or_else(no_storyboard)?;
+    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let body = resolved.storyboard_json().ok_or_else(no_storyboard)?;
     Ok(storyboard_response(body, "application/json", &resolved))
 }
 
 /// `DELETE /assets/{assetId}/cache`: forget the asset; the next request loads it afresh.
 pub async fn invalidate(State(state): State<AppState>, path: AssetPath) -> StatusCode {
-    state.resolver.invalidate(&path.id).await;
+    state.resolver.invalidate_str(path.id()).await;
     StatusCode::NO_CONTENT
 }
 
@@ -106,11 +111,11 @@ fn storyboard_response(
 }
 
 /// `If-None-Match`: `*` or a list of entity tags (weak ones compare weakly, RFC 9110 13.1.2).
-fn etag_matches(header: &str, etag: &str) -> bool {
+fn etag_matches(header: &str, etag: &[u8]) -> bool {
     header
         .split(',')
         .map(|t| t.trim())
-        .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
+        .any(|t| t == "*" || t.trim_start_matches("W/").as_bytes() == etag)
 }
 
 /// Whether `Accept-Encoding` admits gzip: an explicit `gzip` entry decides by its weight;
@@ -145,20 +150,19 @@ pub async fn thumbnail(
     path: AssetPath,
     query: QueryParams,
 ) -> Result<Response, Problem> {
-    let index = parse_index(path.index.as_deref().unwrap_or_default())?;
+    let index = parse_index(path.index().unwrap_or_default())?;
     let (label, width) = (query.label()?, query.width()?);
-    let resolved = state.resolver.resolve(&path.id).await?;
-    let chosen =
-        choose_rendition(resolved.asset.at_index(index), label, width).ok_or_else(|| {
-            let detail = match label {
-                Some(l) if resolved.asset.at_index(index).next().is_some() => {
-                    format!("thumbnail {index} has no rendition labelled {l:?}")
-                }
-                _ => format!("the asset has no thumbnail with index {index}"),
-            };
-            Problem::new(Kind::ThumbnailNotFound, detail)
-        })?;
-    Ok(redirect(chosen, &resolved))
+    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let chosen = choose_rendition(resolved.at_index(index), label, width).ok_or_else(|| {
+        let detail = match label {
+            Some(l) if resolved.indices().any(|i| i == index) => {
+                format!("thumbnail {index} has no rendition labelled {l:?}")
+            }
+            _ => format!("the asset has no thumbnail with index {index}"),
+        };
+        Problem::new(Kind::ThumbnailNotFound, detail)
+    })?;
+    Ok(redirect(&chosen.url, &resolved))
 }
 
 /// `GET /assets/{assetId}/poster`: 302 to the default thumbnail, or the one nearest `?time=`.
@@ -168,9 +172,8 @@ pub async fn poster(
     query: QueryParams,
 ) -> Result<Response, Problem> {
     let (time, label, width) = (query.time()?, query.label()?, query.width()?);
-    let resolved = state.resolver.resolve(&path.id).await?;
-    let thumbnails = &resolved.asset.thumbnails;
-    let Some(first) = thumbnails.first() else {
+    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let Some(first) = resolved.indices().next() else {
         return Err(Problem::new(
             Kind::NoThumbnails,
             "the asset has no thumbnails (were they generated by its encoding job?)",
@@ -180,55 +183,83 @@ pub async fn poster(
     // times, the default thumbnail.
     let index = time
         .and_then(|t| {
-            thumbnails
-                .iter()
+            resolved
+                .thumbnails()
                 .filter_map(|th| th.time.map(|tt| (th.index, (tt - t).abs())))
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
         })
-        .map_or(first.index, |(index, _)| index);
-    let chosen =
-        choose_rendition(resolved.asset.at_index(index), label, width).ok_or_else(|| {
-            Problem::new(
-                Kind::ThumbnailNotFound,
-                format!(
-                    "the poster thumbnail has no rendition labelled {:?}",
-                    label.unwrap_or_default()
-                ),
-            )
-        })?;
-    Ok(redirect(chosen, &resolved))
+        .map_or(first, |(index, _)| index);
+    let chosen = choose_rendition(resolved.at_index(index), label, width).ok_or_else(|| {
+        Problem::new(
+            Kind::ThumbnailNotFound,
+            format!(
+                "the poster thumbnail has no rendition labelled {:?}",
+                label.unwrap_or_default()
+            ),
+        )
+    })?;
+    Ok(redirect(&chosen.url, &resolved))
+}
+
+/// What [`choose_rendition`] looks at.
+trait Rendition {
+    fn label(&self) -> Option<&str>;
+    fn width(&self) -> Option<u32>;
+}
+
+impl Rendition for &Thumbnail {
+    fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+    fn width(&self) -> Option<u32> {
+        self.width
+    }
+}
+
+impl Rendition for ThumbnailView<'_> {
+    fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+    fn width(&self) -> Option<u32> {
+        self.width
+    }
 }
 
 /// Picks a rendition: by label; then the smallest at least `width` wide, else the widest;
 /// without a width, the widest (the best picture). Renditions of unknown width count only when
 /// none has a known width; ties go to the first in list order.
-fn choose_rendition<'a>(
-    renditions: impl Iterator<Item = &'a Thumbnail>,
+fn choose_rendition<R: Rendition>(
+    renditions: impl Iterator<Item = R>,
     label: Option<&str>,
     width: Option<u32>,
-) -> Option<&'a Thumbnail> {
-    let candidates: Vec<&Thumbnail> = renditions
-        .filter(|t| label.is_none_or(|l| t.label.as_deref() == Some(l)))
-        .collect();
-    let first = *candidates.first()?;
-    let mut narrowest_fit: Option<(u32, &Thumbnail)> = None;
-    let mut widest: Option<(u32, &Thumbnail)> = None;
-    for t in &candidates {
-        let Some(w) = t.width else { continue };
-        if width.is_some_and(|wanted| w >= wanted) && narrowest_fit.is_none_or(|(best, _)| w < best)
-        {
-            narrowest_fit = Some((w, t));
+) -> Option<R> {
+    let mut first = None;
+    // (width, position) of the best so far; the position picks the rendition at the end.
+    let mut narrowest_fit: Option<(u32, usize)> = None;
+    let mut widest: Option<(u32, usize)> = None;
+    let mut candidates = Vec::new();
+    for t in renditions.filter(|t| label.is_none_or(|l| t.label() == Some(l))) {
+        let at = candidates.len();
+        first.get_or_insert(at);
+        if let Some(w) = t.width() {
+            if width.is_some_and(|wanted| w >= wanted)
+                && narrowest_fit.is_none_or(|(best, _)| w < best)
+            {
+                narrowest_fit = Some((w, at));
+            }
+            if widest.is_none_or(|(best, _)| w > best) {
+                widest = Some((w, at));
+            }
         }
-        if widest.is_none_or(|(best, _)| w > best) {
-            widest = Some((w, t));
-        }
+        candidates.push(Some(t));
     }
-    Some(narrowest_fit.or(widest).map_or(first, |(_, t)| t))
+    let at = narrowest_fit.or(widest).map_or(first?, |(_, at)| at);
+    candidates[at].take()
 }
 
 /// 302 to the thumbnail's URL.
-fn redirect(thumbnail: &Thumbnail, resolved: &Resolution) -> Response {
-    let Ok(location) = HeaderValue::from_str(&thumbnail.url) else {
+fn redirect(url: &str, resolved: &Resolution) -> Response {
+    let Ok(location) = HeaderValue::from_str(url) else {
         return Problem::new(Kind::Internal, "the thumbnail URL is not a valid header")
             .into_response();
     };
@@ -242,7 +273,10 @@ fn redirect(thumbnail: &Thumbnail, resolved: &Resolution) -> Response {
 /// `Cache-Control`, and `x-cache-status: stale` when the answer is served past its freshness
 /// while a refresh runs.
 fn set_freshness(headers: &mut HeaderMap, resolution: &Resolution) {
-    headers.insert(header::CACHE_CONTROL, cache_control(resolution));
+    headers.insert(
+        header::CACHE_CONTROL,
+        cache_control(resolution, resolution.at),
+    );
     if resolution.stale {
         headers.insert(
             HeaderName::from_static("x-cache-status"),
@@ -253,22 +287,33 @@ fn set_freshness(headers: &mut HeaderMap, resolution: &Resolution) {
 
 /// Cacheable while the service itself would serve the entry, and never longer than its URLs
 /// stay valid; `private` when the URLs are signed (they grant access).
-fn cache_control(resolved: &Resolved) -> HeaderValue {
+fn cache_control(resolved: &Resolved, now: Instant) -> HeaderValue {
     // Only the fresh part: a stale answer is not for clients to keep.
     let mut max_age = resolved
         .fresh_until()
-        .saturating_duration_since(Instant::now())
+        .saturating_duration_since(now)
         .as_secs();
-    if let Some(expires) = resolved.asset.expires_at {
+    if let Some(expires) = resolved.expires_at() {
         let left = (expires - OffsetDateTime::now_utc()).whole_seconds().max(0);
         max_age = max_age.min(left as u64);
     }
-    let scope = if resolved.asset.expires_at.is_some() {
-        "private"
-    } else {
-        "public"
-    };
-    HeaderValue::from_str(&format!("{scope}, max-age={max_age}")).expect("ASCII header")
+    cache_control_value(resolved.expires_at().is_some(), max_age)
+}
+
+/// `public, max-age=N` or `private, max-age=N`: made once per value up to a limit (no
+/// formatting per request); larger ages are formatted each time.
+fn cache_control_value(private: bool, max_age: u64) -> HeaderValue {
+    const MADE_ONCE: usize = 4096;
+    static VALUES: [[OnceLock<HeaderValue>; MADE_ONCE]; 2] =
+        [const { [const { OnceLock::new() }; MADE_ONCE] }; 2];
+    let scope = if private { "private" } else { "public" };
+    let text = || format!("{scope}, max-age={max_age}");
+    match VALUES[usize::from(private)].get(max_age as usize) {
+        Some(value) => value
+            .get_or_init(|| HeaderValue::from_static(Box::leak(text().into_boxed_str())))
+            .clone(),
+        None => HeaderValue::from_str(&text()).expect("ASCII header"),
+    }
 }
 
 #[cfg(test)]
@@ -291,10 +336,10 @@ mod tests {
 
     #[test]
     fn conditional_and_encoding_headers() {
-        assert!(etag_matches("\"abc\"", "\"abc\""));
-        assert!(etag_matches("\"x\", W/\"abc\"", "\"abc\""));
-        assert!(etag_matches("*", "\"abc\""));
-        assert!(!etag_matches("\"abd\"", "\"abc\""));
+        assert!(etag_matches("\"abc\"", b"\"abc\""));
+        assert!(etag_matches("\"x\", W/\"abc\"", b"\"abc\""));
+        assert!(etag_matches("*", b"\"abc\""));
+        assert!(!etag_matches("\"abd\"", b"\"abc\""));
         let h = |v: &str| {
             let mut m = HeaderMap::new();
             m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());

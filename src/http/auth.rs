@@ -155,9 +155,11 @@ impl Guard {
     }
 }
 
+static X_API_KEY: axum::http::HeaderName = axum::http::HeaderName::from_static("x-api-key");
+
 /// `x-api-key: KEY` or `Authorization: Bearer KEY`.
 fn presented_key(request: &Request) -> Option<&str> {
-    if let Some(v) = request.headers().get("x-api-key") {
+    if let Some(v) = request.headers().get(&X_API_KEY) {
         return v.to_str().ok();
     }
     let auth = request
@@ -201,7 +203,7 @@ enum Credential<'a> {
 
 impl Guard {
     fn credential<'a>(&self, request: &'a Request) -> Credential<'a> {
-        let bearer = request.headers().get("x-api-key").is_none();
+        let bearer = request.headers().get(&X_API_KEY).is_none();
         match presented_key(request) {
             None => Credential::None,
             Some(value)
@@ -217,118 +219,166 @@ impl Guard {
     }
 }
 
+/// What the synchronous part of the guard decided.
+pub(crate) enum Check {
+    /// Let the request through (its identity is in its extensions).
+    Pass,
+    /// Answer with this refusal.
+    Refuse(Response),
+    /// A bearer token must be validated first (an await): see [`Guard::check_async`].
+    Token,
+}
+
+impl Guard {
+    /// The guard's decision when it needs no await: anything but a bearer token to validate.
+    pub(crate) fn check(&self, request: &mut Request) -> Check {
+        let identity = match self.credential(request) {
+            Credential::Key(presented) => match self.identify(presented) {
+                Some(key) => Identity::Key {
+                    name: key.name.clone(),
+                    roles: key.roles.clone(),
+                },
+                // A wrong key is refused even where none is needed: it is a caller's mistake.
+                None => return Check::Refuse(unauthorized("the API key is not valid")),
+            },
+            Credential::Token(_) => return Check::Token,
+            Credential::None => Identity::Anonymous {
+                addr: client_addr(request),
+            },
+        };
+        self.admit(request, identity)
+    }
+
+    /// The whole decision, bearer tokens included (never [`Check::Token`]).
+    pub(crate) async fn check_async(&self, request: &mut Request) -> Check {
+        let Credential::Token(token) = self.credential(request) else {
+            return self.check(request);
+        };
+        let validator = self
+            .jwt
+            .as_ref()
+            .expect("tokens only when JWT is configured");
+        let identity = match validator.validate(token).await {
+            Ok(claims) => Identity::Token {
+                subject: claims.subject,
+                roles: claims.roles,
+            },
+            // Like a wrong key: refused even where no credential is needed.
+            Err(JwtError::Invalid(reason)) => {
+                tracing::info!(reason, "bearer token refused");
+                return Check::Refuse(bearer_challenge(
+                    Problem::new(
+                        Kind::Unauthorized,
+                        format!("the bearer token is not valid: {reason}"),
+                    )
+                    .into_response(),
+                    "invalid_token",
+                    reason,
+                ));
+            }
+            Err(JwtError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "bearer token not checked: no signing keys");
+                return Check::Refuse(
+                    Problem::new(
+                        Kind::UpstreamUnavailable,
+                        "the token issuer's signing keys cannot be fetched; try again later",
+                    )
+                    .into_response(),
+                );
+            }
+        };
+        self.admit(request, identity)
+    }
+
+    /// Roles and rate limit for a known identity, which then goes into the request's
+    /// extensions.
+    fn admit(&self, request: &mut Request, identity: Identity) -> Check {
+        let group = group(request.method(), request.uri().path());
+        let needed = match group {
+            Group::Public => None,
+            Group::Ops => (self.ops == AuthMode::ApiKey).then_some(Role::Ops),
+            Group::Api => (self.api == AuthMode::ApiKey).then_some(Role::Api),
+            Group::Admin => Some(Role::Admin),
+        };
+        if let Some(role) = needed {
+            match &identity {
+                Identity::Anonymous { .. } if self.jwt.is_some() => {
+                    return Check::Refuse(unauthorized(
+                        "this route needs an API key (x-api-key or Authorization: Bearer) or an \
+                         Entra ID bearer token",
+                    ));
+                }
+                Identity::Anonymous { .. } => {
+                    return Check::Refuse(unauthorized(
+                        "this route needs an API key (x-api-key or Authorization: Bearer)",
+                    ));
+                }
+                Identity::Key { roles, .. } if !roles.contains(&role) => {
+                    return Check::Refuse(
+                        Problem::new(Kind::Forbidden, format!("this key lacks the {role:?} role"))
+                            .into_response(),
+                    );
+                }
+                Identity::Token { roles, .. } if !roles.contains(&role) => {
+                    let response = Problem::new(
+                        Kind::Forbidden,
+                        format!("this token's roles and scopes do not grant the {role:?} role"),
+                    )
+                    .into_response();
+                    return Check::Refuse(bearer_challenge(
+                        response,
+                        "insufficient_scope",
+                        "the token does not grant this route's role",
+                    ));
+                }
+                Identity::Key { .. } | Identity::Token { .. } => {}
+            }
+        }
+        if group != Group::Public
+            && let Some(limiter) = &self.limiter
+            && let Err(retry_after) = limiter.check(&identity.bucket())
+        {
+            metrics::counter!("http_requests_rate_limited_total").increment(1);
+            let mut problem = Problem::new(Kind::RateLimited, "too many requests from this client");
+            problem.retry_after = Some(retry_after);
+            return Check::Refuse(problem.into_response());
+        }
+        match &identity {
+            Identity::Key { name, .. } => {
+                tracing::Span::current().record("client", name.as_str());
+            }
+            Identity::Token { subject, .. } => {
+                tracing::Span::current().record("client", subject.as_str());
+            }
+            Identity::Anonymous { .. } => {}
+        }
+        request.extensions_mut().insert(identity);
+        Check::Pass
+    }
+}
+
+fn client_addr(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The guard as an axum middleware (`middleware::from_fn_with_state`). The service itself runs
+/// the same checks inside its one middleware service (`http::gate`).
 pub async fn authenticate(
     State(guard): State<Arc<Guard>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let group = group(request.method(), request.uri().path());
-    let addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let identity = match guard.credential(&request) {
-        Credential::Key(presented) => match guard.identify(presented) {
-            Some(key) => Identity::Key {
-                name: key.name.clone(),
-                roles: key.roles.clone(),
-            },
-            // A wrong key is refused even where none is needed: it is a caller's mistake.
-            None => return unauthorized("the API key is not valid"),
-        },
-        Credential::Token(token) => {
-            let validator = guard
-                .jwt
-                .as_ref()
-                .expect("tokens only when JWT is configured");
-            match validator.validate(token).await {
-                Ok(claims) => Identity::Token {
-                    subject: claims.subject,
-                    roles: claims.roles,
-                },
-                // Like a wrong key: refused even where no credential is needed.
-                Err(JwtError::Invalid(reason)) => {
-                    tracing::info!(reason, "bearer token refused");
-                    return bearer_challenge(
-                        Problem::new(
-                            Kind::Unauthorized,
-                            format!("the bearer token is not valid: {reason}"),
-                        )
-                        .into_response(),
-                        "invalid_token",
-                        reason,
-                    );
-                }
-                Err(JwtError::Unavailable(why)) => {
-                    tracing::warn!(error = %why, "bearer token not checked: no signing keys");
-                    return Problem::new(
-                        Kind::UpstreamUnavailable,
-                        "the token issuer's signing keys cannot be fetched; try again later",
-                    )
-                    .into_response();
-                }
-            }
-        }
-        Credential::None => Identity::Anonymous { addr },
+    let checked = match guard.check(&mut request) {
+        Check::Token => guard.check_async(&mut request).await,
+        checked => checked,
     };
-    let needed = match group {
-        Group::Public => None,
-        Group::Ops => (guard.ops == AuthMode::ApiKey).then_some(Role::Ops),
-        Group::Api => (guard.api == AuthMode::ApiKey).then_some(Role::Api),
-        Group::Admin => Some(Role::Admin),
-    };
-    if let Some(role) = needed {
-        match &identity {
-            Identity::Anonymous { .. } if guard.jwt.is_some() => {
-                return unauthorized(
-                    "this route needs an API key (x-api-key or Authorization: Bearer) or an \
-                     Entra ID bearer token",
-                );
-            }
-            Identity::Anonymous { .. } => {
-                return unauthorized(
-                    "this route needs an API key (x-api-key or Authorization: Bearer)",
-                );
-            }
-            Identity::Key { roles, .. } if !roles.contains(&role) => {
-                return Problem::new(Kind::Forbidden, format!("this key lacks the {role:?} role"))
-                    .into_response();
-            }
-            Identity::Token { roles, .. } if !roles.contains(&role) => {
-                let response = Problem::new(
-                    Kind::Forbidden,
-                    format!("this token's roles and scopes do not grant the {role:?} role"),
-                )
-                .into_response();
-                return bearer_challenge(
-                    response,
-                    "insufficient_scope",
-                    "the token does not grant this route's role",
-                );
-            }
-            Identity::Key { .. } | Identity::Token { .. } => {}
-        }
+    match checked {
+        Check::Refuse(response) => response,
+        Check::Pass | Check::Token => next.run(request).await,
     }
-    if group != Group::Public
-        && let Some(limiter) = &guard.limiter
-        && let Err(retry_after) = limiter.check(&identity.bucket())
-    {
-        metrics::counter!("http_requests_rate_limited_total").increment(1);
-        let mut problem = Problem::new(Kind::RateLimited, "too many requests from this client");
-        problem.retry_after = Some(retry_after);
-        return problem.into_response();
-    }
-    match &identity {
-        Identity::Key { name, .. } => {
-            tracing::Span::current().record("client", name.as_str());
-        }
-        Identity::Token { subject, .. } => {
-            tracing::Span::current().record("client", subject.as_str());
-        }
-        Identity::Anonymous { .. } => {}
-    }
-    request.extensions_mut().insert(identity);
-    next.run(request).await
 }
 
 /// Token buckets per identity: `rate` tokens a second, up to `burst`.

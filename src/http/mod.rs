@@ -5,6 +5,7 @@ mod assets;
 pub mod auth;
 mod batch;
 mod demo;
+mod gate;
 mod health;
 mod jobs;
 pub mod params;
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
@@ -26,9 +27,6 @@ use axum::routing::{MethodRouter, delete, get, post};
 use tower::ServiceBuilder;
 use tower::service_fn;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 use tower_http::services::ServeDir;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -186,9 +184,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(middleware::from_fn(guard_local_path)),
         );
     }
-    let timeout = state.settings.server.request_timeout;
     let cors = cors_layer(&state.settings.api.cors_allowed_origins);
-    let admission = Arc::new(Admission::new(&state.settings.server));
     let jwt = state.settings.auth.jwt.clone().map(|jwt| {
         let http = crate::azure::http_client(&state.settings.upstream)
             .expect("the JWKS client builds (checked by Settings::validate)");
@@ -200,27 +196,22 @@ pub fn app(state: AppState) -> Router {
         jwt,
     ));
     crate::metrics::handle();
+    // One layer (so one boxed route level) for the whole stack, outermost first: request ids,
+    // the request span, the panic guard, CORS, then metrics, security headers, limits, auth,
+    // load shedding and the timeout (`gate`).
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
-        .layer(middleware::from_fn_with_state(admission, admit))
-        .layer(middleware::from_fn_with_state(guard, auth::authenticate))
-        .layer(middleware::from_fn(limits))
-        .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn(record_metrics))
-        .layer(tower::util::option_layer(cors))
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(drop_unusable_request_id))
-                .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+                .layer(gate::RequestIds)
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|request: &Request<Body>| {
                             let request_id = request
-                                .extensions()
-                                .get::<RequestId>()
-                                .and_then(|id| id.header_value().to_str().ok())
+                                .headers()
+                                .get(&REQUEST_ID)
+                                .and_then(|id| id.to_str().ok())
                                 .unwrap_or_default();
                             // The path only: query strings may carry tokens.
                             tracing::info_span!(
@@ -233,13 +224,14 @@ pub fn app(state: AppState) -> Router {
                         })
                         .on_response(DefaultOnResponse::new().level(Level::INFO)),
                 )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
                 .layer(CatchPanicLayer::custom(|_| {
                     // The panic message stays in the log (printed by the panic hook), never in
                     // the response.
                     Problem::new(Kind::Internal, "the service failed to answer this request")
                         .into_response()
-                })),
+                }))
+                .layer(tower::util::option_layer(cors))
+                .layer(gate::Gate::new(&state.settings.server, guard)),
         )
         .with_state(state)
 }
@@ -291,79 +283,6 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     Some(layer)
 }
 
-/// Request count and latency by route template (never the raw path: unbounded labels).
-async fn record_metrics(request: Request, next: Next) -> Response {
-    let started = std::time::Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
-/// Longest request target accepted (path and query).
-const MAX_URI_BYTES: usize = 8 * 1024;
-/// Most header bytes accepted (names and values).
-const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// Hostile-input limits before anything else runs.
-async fn limits(request: Request, next: Next) -> Response {
-    if request.uri().to_string().len() > MAX_URI_BYTES {
-        return Problem::new(
-            Kind::UriTooLong,
-            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
-        )
-        .into_response();
-    }
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len())
-        .sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Problem::new(
-            Kind::HeadersTooLarge,
-            format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
-        )
-        .into_response();
-    }
-    next.run(request).await
-}
-
-/// `nosniff` and `no-referrer` on every answer (problems from the limits included).
-async fn security_headers(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers
-        .entry(header::X_CONTENT_TYPE_OPTIONS)
-        .or_insert(HeaderValue::from_static("nosniff"));
-    headers
-        .entry(header::REFERRER_POLICY)
-        .or_insert(HeaderValue::from_static("no-referrer"));
-    response
-}
-
-/// A caller's `x-request-id` is kept only when usable in logs: 1 to 128 visible ASCII
-/// characters. Anything else is replaced by a fresh id.
-async fn drop_unusable_request_id(mut request: Request, next: Next) -> Response {
-    let usable = request.headers().get(&REQUEST_ID).is_none_or(|v| {
-        let b = v.as_bytes();
-        (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_graphic())
-    });
-    if !usable {
-        request.headers_mut().remove(&REQUEST_ID);
-    }
-    next.run(request).await
-}
-
 /// `GET /metrics`: Prometheus text format.
 async fn metrics_text(State(state): State<AppState>) -> Response {
     metrics::gauge!("cache_entries").set(state.resolver.entry_count().await as f64);
@@ -411,73 +330,4 @@ async fn method_not_allowed() -> Problem {
         Kind::MethodNotAllowed,
         "this route does not accept that method; see /openapi.yaml",
     )
-}
-
-/// Load shedding: `max_concurrent_requests` at once, `max_queued_requests` waiting (each at
-/// most `queue_timeout`); beyond, `503 overloaded` at once rather than every request timing
-/// out. Probes and metrics are never shed.
-struct Admission {
-    permits: tokio::sync::Semaphore,
-    queued: std::sync::atomic::AtomicUsize,
-    max_queued: usize,
-    queue_timeout: Duration,
-}
-
-impl Admission {
-    fn new(settings: &crate::config::ServerSettings) -> Self {
-        Self {
-            permits: tokio::sync::Semaphore::new(settings.max_concurrent_requests),
-            queued: Default::default(),
-            max_queued: settings.max_queued_requests,
-            queue_timeout: settings.queue_timeout,
-        }
-    }
-}
-
-async fn admit(State(admission): State<Arc<Admission>>, request: Request, next: Next) -> Response {
-    use std::sync::atomic::Ordering;
-    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
-        return next.run(request).await;
-    }
-    let overloaded = || {
-        metrics::counter!("http_requests_shed_total").increment(1);
-        let mut problem = Problem::new(
-            Kind::Overloaded,
-            "the service is at capacity; retry shortly",
-        );
-        problem.retry_after = Some(Duration::from_secs(1));
-        problem.into_response()
-    };
-    let _permit = match admission.permits.try_acquire() {
-        Ok(permit) => permit,
-        Err(_) => {
-            if admission.queued.fetch_add(1, Ordering::SeqCst) >= admission.max_queued {
-                admission.queued.fetch_sub(1, Ordering::SeqCst);
-                return overloaded();
-            }
-            let waited =
-                tokio::time::timeout(admission.queue_timeout, admission.permits.acquire()).await;
-            admission.queued.fetch_sub(1, Ordering::SeqCst);
-            match waited {
-                Ok(Ok(permit)) => permit,
-                _ => return overloaded(),
-            }
-        }
-    };
-    next.run(request).await
-}
-
-async fn request_timeout(
-    State(timeout): State<Duration>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => Problem::new(
-            Kind::RequestTimeout,
-            format!("the request took longer than {}s", timeout.as_secs_f64()),
-        )
-        .into_response(),
-    }
 }

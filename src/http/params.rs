@@ -8,10 +8,28 @@ use super::problem::{Kind, Problem};
 use crate::asset_id::AssetId;
 
 /// `{assetId}` (and `{index}`, where the route has it), validated before any backend call.
+/// The captures are kept as axum parsed them: no copy of the id is made for a cache hit.
 #[derive(Debug)]
 pub struct AssetPath {
-    pub id: AssetId,
-    pub index: Option<String>,
+    params: RawPathParams,
+}
+
+impl AssetPath {
+    /// The asset id, valid by [`AssetId::validate`].
+    pub fn id(&self) -> &str {
+        self.get("assetId").unwrap_or_default()
+    }
+
+    pub fn index(&self) -> Option<&str> {
+        self.get("index")
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AssetPath {
@@ -26,18 +44,10 @@ impl<S: Send + Sync> FromRequestParts<S> for AssetPath {
                     "the path is not valid UTF-8 once percent-decoded",
                 )
             })?;
-        let mut id = None;
-        let mut index = None;
-        for (key, value) in &params {
-            match key {
-                "assetId" => id = Some(value),
-                "index" => index = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-        let id = AssetId::parse(id.unwrap_or_default())
+        let path = Self { params };
+        AssetId::validate(path.id())
             .map_err(|e| Problem::new(Kind::InvalidAssetId, e.to_string()))?;
-        Ok(Self { id, index })
+        Ok(path)
     }
 }
 

@@ -1,9 +1,8 @@
-//! Everything a hit serves, rendered once at load time: the JSON answer (plain and gzip), its
-//! strong ETag, and the storyboard as WebVTT and JSON.
+//! Everything a hit serves, rendered once at load time: the JSON answer, its strong ETag, and
+//! the storyboard as WebVTT and JSON (the gzip variant is made on first request).
 
 use std::io::Write;
 
-use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -13,12 +12,13 @@ use crate::model::{AssetThumbnails, StoryboardTile};
 /// The pre-rendered bodies of one asset.
 #[derive(Debug, Clone)]
 pub struct Rendered {
-    pub json: Bytes,
-    pub json_gzip: Bytes,
+    pub json: Vec<u8>,
     /// Strong ETag of `json` (quoted).
     pub etag: String,
-    pub storyboard_vtt: Option<Bytes>,
-    pub storyboard_json: Option<Bytes>,
+    pub storyboard_vtt: Option<Vec<u8>>,
+    pub storyboard_json: Option<Vec<u8>>,
+    /// Where each thumbnail's JSON object is in `json`, in list order: (index, start, length).
+    pub thumbnails: Vec<(u64, usize, usize)>,
 }
 
 /// `GET /assets/{id}/storyboard.json`, in the spirit of Mux's storyboard.json.
@@ -41,7 +41,8 @@ struct StoryboardDocument<'a> {
 }
 
 pub fn render(asset: &AssetThumbnails) -> Result<Rendered, serde_json::Error> {
-    let json = Bytes::from(serde_json::to_vec(asset)?);
+    let json = serde_json::to_vec(asset)?;
+    let thumbnails = thumbnail_spans(asset, &json)?;
     let (storyboard_vtt, storyboard_json) = match &asset.storyboard {
         Some(sb) => {
             let doc = StoryboardDocument {
@@ -54,19 +55,61 @@ pub fn render(asset: &AssetThumbnails) -> Result<Rendered, serde_json::Error> {
                 tiles: &sb.tiles,
             };
             (
-                Some(Bytes::from(vtt(&sb.url, &sb.tiles))),
-                Some(Bytes::from(serde_json::to_vec(&doc)?)),
+                Some(vtt(&sb.url, &sb.tiles).into_bytes()),
+                Some(serde_json::to_vec(&doc)?),
             )
         }
         None => (None, None),
     };
     Ok(Rendered {
-        json_gzip: gzip(&json),
         etag: etag(&json),
         json,
         storyboard_vtt,
         storyboard_json,
+        thumbnails,
     })
+}
+
+/// Finds each thumbnail's object in the rendered answer: the answer opens with the asset id
+/// and the thumbnail list, whose objects serialize as they do on their own, one after another.
+/// The cache then keeps these spans instead of a structured copy of the thumbnails.
+fn thumbnail_spans(
+    asset: &AssetThumbnails,
+    json: &[u8],
+) -> Result<Vec<(u64, usize, usize)>, serde_json::Error> {
+    let mut prefix = b"{\"assetId\":".to_vec();
+    serde_json::to_writer(&mut prefix, &asset.asset_id)?;
+    prefix.extend_from_slice(b",\"thumbnails\":[");
+    let mismatch = || {
+        <serde_json::Error as serde::ser::Error>::custom(
+            "thumbnail objects not found in the answer",
+        )
+    };
+    if !json.starts_with(&prefix) {
+        return Err(mismatch());
+    }
+    let mut at = prefix.len();
+    let mut spans = Vec::with_capacity(asset.thumbnails.len());
+    let mut one = Vec::new();
+    for (i, t) in asset.thumbnails.iter().enumerate() {
+        if i > 0 {
+            if json.get(at) != Some(&b',') {
+                return Err(mismatch());
+            }
+            at += 1;
+        }
+        one.clear();
+        serde_json::to_writer(&mut one, t)?;
+        if !json[at..].starts_with(&one) {
+            return Err(mismatch());
+        }
+        spans.push((t.index, at, one.len()));
+        at += one.len();
+    }
+    if json.get(at) != Some(&b']') {
+        return Err(mismatch());
+    }
+    Ok(spans)
 }
 
 /// The storyboard VTT with every cue pointing at the sprite's working URL.
@@ -105,10 +148,11 @@ pub fn etag(body: &[u8]) -> String {
     format!("\"{hex}\"")
 }
 
-fn gzip(body: &[u8]) -> Bytes {
+/// The gzip variant of an answer (made on its first request: see `Resolved::body_gzip`).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(body).expect("writing to memory");
-    Bytes::from(encoder.finish().expect("writing to memory"))
+    encoder.finish().expect("writing to memory")
 }
 
 #[cfg(test)]
@@ -146,6 +190,45 @@ mod tests {
         let parsed = crate::recognise::vtt::parse("s.vtt", &text).expect("our VTT parses");
         assert_eq!(parsed.tiles, tiles);
         assert!(text.contains("https://a/s.jpg?sig=x#xywh=160,0,160,90"));
+    }
+
+    #[test]
+    fn thumbnail_spans_point_at_each_object() {
+        use crate::model::{AssetThumbnails, Thumbnail};
+        let th = |index, label: Option<&str>, url: &str| Thumbnail {
+            index,
+            name: format!("Thumbnail{index:06}.jpg"),
+            url: url.into(),
+            content_type: "image/jpeg".into(),
+            size: 10,
+            label: label.map(String::from),
+            width: Some(160),
+            height: None,
+            time: Some(index as f64 * 2.5),
+        };
+        let asset = AssetThumbnails {
+            asset_id: "a \"quoted\" id".into(),
+            thumbnails: vec![
+                th(1, Some("small"), "https://x/1.jpg?sig=a%2Fb&se=1"),
+                th(1, Some("l\"a\\bel\u{1}"), "https://x/\u{e9}\"odd\\"),
+                th(2, None, "https://x/2.jpg"),
+            ],
+            storyboard: None,
+            expires_at: None,
+        };
+        let rendered = render(&asset).unwrap();
+        assert_eq!(rendered.thumbnails.len(), 3);
+        for ((index, start, len), t) in rendered.thumbnails.iter().zip(&asset.thumbnails) {
+            assert_eq!(*index, t.index);
+            let object: serde_json::Value =
+                serde_json::from_slice(&rendered.json[*start..start + len]).unwrap();
+            assert_eq!(object, serde_json::to_value(t).unwrap());
+        }
+        let empty = AssetThumbnails {
+            thumbnails: vec![],
+            ..asset
+        };
+        assert!(render(&empty).unwrap().thumbnails.is_empty());
     }
 
     #[test]

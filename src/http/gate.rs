@@ -1,0 +1,558 @@
+//! The middleware stack as two hand-written tower services instead of a layer per concern.
+//!
+//! Each `axum::middleware::from_fn` layer costs every request a clone of the boxed inner route
+//! and a boxed future, and each `Router::layer` call adds one more boxed route level; the
+//! service ran seven of them. Here the same checks run in plain code, in the same order, with
+//! no allocation of their own on the common path:
+//!
+//! - [`RequestIds`] (outermost): a caller's `x-request-id` is kept when usable in logs (1 to
+//!   128 visible ASCII characters), else a fresh UUID v4 is set on the request; the answer
+//!   carries it.
+//! - [`Gate`] (innermost, after tracing, the panic guard and CORS): request count and latency
+//!   by route template, `nosniff`/`no-referrer` on every answer, the hostile-input limits, the
+//!   auth guard, load shedding and the request timeout. Only a bearer token to validate or a
+//!   full admission queue take a boxed, asynchronous path; the timeout's timer is armed only
+//!   when the handler does not answer on its first poll.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service, ServiceExt};
+
+use super::REQUEST_ID;
+use super::auth::{Check, Guard};
+use super::problem::{Kind, Problem};
+use crate::config::ServerSettings;
+
+// --- Request ids ---------------------------------------------------------------------------
+
+/// Keeps a usable caller `x-request-id` or sets a fresh one, and puts it on the answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestIds;
+
+impl<S> Layer<S> for RequestIds {
+    type Service = RequestIdService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+/// 1 to 128 visible ASCII characters: safe to log.
+fn usable_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+impl<S, B> Service<Request> for RequestIdService<S>
+where
+    S: Service<Request, Response = axum::http::Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(id) if usable_request_id(id) => id.clone(),
+            _ => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
+        RequestIdFuture {
+            inner: self.inner.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+pub struct RequestIdFuture<F> {
+    inner: F,
+    id: Option<HeaderValue>,
+}
+
+impl<F, B, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, E>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut response = ready!(Pin::new(&mut this.inner).poll(cx))?;
+        if let Some(id) = this.id.take() {
+            response.headers_mut().entry(&REQUEST_ID).or_insert(id);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// A UUID v4 from a per-thread generator seeded from the OS once (request ids need to be
+/// unique, not secret: no system call per request).
+fn new_request_id() -> HeaderValue {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("8 bytes"),
+        ));
+    }
+    // SplitMix64.
+    let next = || {
+        STATE.with(|s| {
+            let x = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s.set(x);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    };
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&next().to_le_bytes());
+    bytes[8..].copy_from_slice(&next().to_le_bytes());
+    let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+// --- The gate ------------------------------------------------------------------------------
+
+/// Metrics, security headers, limits, auth, load shedding and the request timeout.
+#[derive(Clone)]
+pub struct Gate {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    timeout: Duration,
+    admission: Admission,
+    guard: Arc<Guard>,
+}
+
+impl Gate {
+    pub fn new(server: &ServerSettings, guard: Arc<Guard>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                timeout: server.request_timeout,
+                admission: Admission::new(server),
+                guard,
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for Gate {
+    type Service = GateService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GateService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GateService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Service<Request> for GateService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let finish = Finish {
+            started: Instant::now(),
+            route: request.extensions().get::<MatchedPath>().cloned(),
+            method: request.method().clone(),
+        };
+        let state = match self.enter(&mut request) {
+            Entered::Refused(response) => State::Done(Some(response)),
+            Entered::Admitted(permit) => State::Running {
+                future: self.inner.call(request),
+                _permit: permit,
+                timer: None,
+            },
+            Entered::Slow { token } => {
+                // The ready service goes into the boxed path; a clone stays for the next call.
+                let inner = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, inner);
+                State::Boxed(Box::pin(slow_path(
+                    self.shared.clone(),
+                    inner,
+                    request,
+                    token,
+                )))
+            }
+        };
+        GateFuture {
+            state,
+            timeout: self.shared.timeout,
+            finish,
+        }
+    }
+}
+
+enum Entered {
+    Refused(Response),
+    /// Through, holding a permit unless the route is exempt from load shedding.
+    Admitted(Option<OwnedSemaphorePermit>),
+    /// A bearer token to validate, or no permit free at once: wait for it.
+    Slow {
+        token: bool,
+    },
+}
+
+impl<S> GateService<S> {
+    /// Limits, then the guard, then admission, without waiting.
+    fn enter(&self, request: &mut Request) -> Entered {
+        if let Some(problem) = limits(request) {
+            return Entered::Refused(problem.into_response());
+        }
+        match self.shared.guard.check(request) {
+            Check::Pass => {}
+            Check::Refuse(response) => return Entered::Refused(response),
+            Check::Token => return Entered::Slow { token: true },
+        }
+        if exempt_from_shedding(request) {
+            return Entered::Admitted(None);
+        }
+        match self.shared.admission.permits.clone().try_acquire_owned() {
+            Ok(permit) => Entered::Admitted(Some(permit)),
+            Err(_) => Entered::Slow { token: false },
+        }
+    }
+}
+
+/// The asynchronous path: validate a bearer token, wait in the admission queue, then run the
+/// handler under the request timeout.
+async fn slow_path<S>(shared: Arc<Shared>, inner: S, mut request: Request, token: bool) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    if token && let Check::Refuse(response) = shared.guard.check_async(&mut request).await {
+        return response;
+    }
+    let _permit = if exempt_from_shedding(&request) {
+        None
+    } else {
+        match shared.admission.admit().await {
+            Some(permit) => Some(permit),
+            None => return overloaded(),
+        }
+    };
+    match tokio::time::timeout(shared.timeout, inner.oneshot(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => timed_out(shared.timeout),
+    }
+}
+
+pub struct GateFuture<F> {
+    state: State<F>,
+    timeout: Duration,
+    finish: Finish,
+}
+
+enum State<F> {
+    Done(Option<Response>),
+    Running {
+        future: F,
+        /// Released when the handler is done (or dropped).
+        _permit: Option<OwnedSemaphorePermit>,
+        /// Armed on the first poll that finds the handler not done.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+    Boxed(BoxFuture<'static, Response>),
+}
+
+impl<F> Future for GateFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let response = match &mut this.state {
+            State::Done(response) => response.take().expect("polled after completion"),
+            State::Running { future, timer, .. } => match Pin::new(future).poll(cx) {
+                Poll::Ready(Ok(response)) => response,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => {
+                    let timeout = this.timeout;
+                    let started = this.finish.started;
+                    let timer = timer.get_or_insert_with(|| {
+                        let deadline = tokio::time::Instant::from_std(started) + timeout;
+                        Box::pin(tokio::time::sleep_until(deadline))
+                    });
+                    ready!(timer.as_mut().poll(cx));
+                    timed_out(timeout)
+                }
+            },
+            State::Boxed(future) => ready!(future.as_mut().poll(cx)),
+        };
+        // Handler (and permit) released before the answer leaves.
+        this.state = State::Done(None);
+        Poll::Ready(Ok(this.finish.finish(response)))
+    }
+}
+
+/// What every answer gets on its way out.
+struct Finish {
+    started: Instant,
+    route: Option<MatchedPath>,
+    method: Method,
+}
+
+impl Finish {
+    fn finish(&self, mut response: Response) -> Response {
+        let headers = response.headers_mut();
+        headers
+            .entry(header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(HeaderValue::from_static("nosniff"));
+        headers
+            .entry(header::REFERRER_POLICY)
+            .or_insert(HeaderValue::from_static("no-referrer"));
+        let route = self.route.as_ref().map_or("unmatched", |r| r.as_str());
+        record_request(
+            route,
+            &self.method,
+            response.status().as_u16(),
+            self.started.elapsed().as_secs_f64(),
+        );
+        response
+    }
+}
+
+fn timed_out(timeout: Duration) -> Response {
+    Problem::new(
+        Kind::RequestTimeout,
+        format!("the request took longer than {}s", timeout.as_secs_f64()),
+    )
+    .into_response()
+}
+
+// --- Limits --------------------------------------------------------------------------------
+
+/// Longest request target accepted (path and query).
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes accepted (names and values).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Hostile-input limits before anything else runs.
+fn limits(request: &Request) -> Option<Problem> {
+    if uri_len(request.uri()) > MAX_URI_BYTES {
+        return Some(Problem::new(
+            Kind::UriTooLong,
+            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(Problem::new(
+            Kind::HeadersTooLarge,
+            format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    None
+}
+
+/// `uri.to_string().len()` without building the string.
+fn uri_len(uri: &axum::http::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
+}
+
+// --- Load shedding -------------------------------------------------------------------------
+
+/// Load shedding: `max_concurrent_requests` at once, `max_queued_requests` waiting (each at
+/// most `queue_timeout`); beyond, `503 overloaded` at once rather than every request timing
+/// out. Probes and metrics are never shed.
+struct Admission {
+    permits: Arc<Semaphore>,
+    queued: AtomicUsize,
+    max_queued: usize,
+    queue_timeout: Duration,
+}
+
+impl Admission {
+    fn new(settings: &ServerSettings) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            queued: Default::default(),
+            max_queued: settings.max_queued_requests,
+            queue_timeout: settings.queue_timeout,
+        }
+    }
+
+    /// A permit, at once or after waiting in the queue; None: overloaded.
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let waited =
+            tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        match waited {
+            Ok(Ok(permit)) => Some(permit),
+            _ => None,
+        }
+    }
+}
+
+fn exempt_from_shedding(request: &Request) -> bool {
+    matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics")
+}
+
+fn overloaded() -> Response {
+    metrics::counter!("http_requests_shed_total").increment(1);
+    let mut problem = Problem::new(
+        Kind::Overloaded,
+        "the service is at capacity; retry shortly",
+    );
+    problem.retry_after = Some(Duration::from_secs(1));
+    problem.into_response()
+}
+
+// --- Request metrics -----------------------------------------------------------------------
+
+/// `http_requests_total` (route, method, status) and `http_request_duration_seconds` (route,
+/// method). The handles are looked up in the recorder once per thread and label set, not per
+/// request (registering hashes the labels under a lock and allocates their strings).
+fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
+    struct Handles {
+        method: Method,
+        status: u16,
+        requests: metrics::Counter,
+        duration: metrics::Histogram,
+    }
+    /// Label sets cached per thread; past this, handles are looked up per request (label sets
+    /// are bounded by routes, methods and statuses, so this is a guard, not a limit in use).
+    const MAX_CACHED: usize = 1024;
+    type ByRoute = HashMap<Box<str>, Vec<Handles>, BuildHasherDefault<Fnv>>;
+    thread_local! {
+        static CACHED: RefCell<(usize, ByRoute)> = RefCell::default();
+    }
+    CACHED.with(|cached| {
+        let (count, map) = &mut *cached.borrow_mut();
+        if let Some(h) = map
+            .get(route)
+            .and_then(|all| all.iter().find(|h| h.status == status && h.method == *method))
+        {
+            h.requests.increment(1);
+            h.duration.record(seconds);
+            return;
+        }
+        let requests = metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method.as_str().to_owned(), "status" => status.to_string());
+        let duration = metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned(), "method" => method.as_str().to_owned());
+        requests.increment(1);
+        duration.record(seconds);
+        if *count < MAX_CACHED {
+            *count += 1;
+            map.entry(route.into()).or_default().push(Handles {
+                method: method.clone(),
+                status,
+                requests,
+                duration,
+            });
+        }
+    });
+}
+
+/// FNV-1a: the keys are route templates (a few dozen bytes, not caller-controlled).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_length_matches_its_display() {
+        for uri in [
+            "/",
+            "/assets/x/thumbnails",
+            "/assets/x/poster?time=12.5&width=100",
+            "http://example.com/a?b",
+            "http://example.com:8080/",
+            "https://user@example.com/p",
+            "*",
+        ] {
+            let uri: axum::http::Uri = uri.parse().unwrap();
+            assert_eq!(uri_len(&uri), uri.to_string().len(), "{uri}");
+        }
+    }
+
+    #[test]
+    fn request_ids_are_uuids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(a.len(), 36);
+    }
+}

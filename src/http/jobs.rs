@@ -34,7 +34,9 @@ pub async fn generate(
         })
     })?;
     let request = parse_body(&headers, body)?;
-    let submitted = jobs.generate(&path.id, &request).await?;
+    let id = crate::asset_id::AssetId::parse(path.id())
+        .map_err(|e| Problem::new(Kind::InvalidAssetId, e.to_string()))?;
+    let submitted = jobs.generate(&id, &request).await?;
     Ok(job_response(
         &submitted.job,
         jobs.backend(),

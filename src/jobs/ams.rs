@@ -12,12 +12,12 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use url::Url;
 
+use super::Encoder;
 use super::spec::{ImageFormat, ThumbnailSpec};
-use super::{EncodingApi, InputAsset};
 use crate::asset_id::AssetId;
-use crate::source::SourceError;
 use crate::source::ams::AmsCatalog;
 use crate::source::rest::RestClient;
+use crate::source::{AssetRecord, SourceError};
 
 /// The filename pattern of every image and sprite this service asks AMS for.
 pub const FILENAME_PATTERN: &str = "{Basename}_{Label}_{Index}{Extension}";
@@ -46,8 +46,8 @@ impl AmsEncoder {
     }
 }
 
-/// `PUT .../transforms/{name}`: the preset for `spec` (Encoding.json `StandardEncoderPreset`).
-pub fn transform_body(spec: &ThumbnailSpec) -> Value {
+/// The preset for `spec` (Encoding.json `StandardEncoderPreset`).
+pub fn preset(spec: &ThumbnailSpec) -> Value {
     let layer = |quality: bool| {
         let mut layer = serde_json::Map::new();
         if let Some(w) = &spec.width {
@@ -94,23 +94,14 @@ pub fn transform_body(spec: &ThumbnailSpec) -> Value {
         }
     }
     json!({
-        "properties": {
-            "description": "Thumbnails (ams-thumbnails)",
-            "outputs": [ {
-                "onError": "StopProcessingJob",
-                "relativePriority": "Normal",
-                "preset": {
-                    "@odata.type": "#Microsoft.Media.StandardEncoderPreset",
-                    "codecs": codecs,
-                    "formats": formats,
-                }
-            } ]
-        }
+        "@odata.type": "#Microsoft.Media.StandardEncoderPreset",
+        "codecs": codecs,
+        "formats": formats,
     })
 }
 
 #[async_trait]
-impl EncodingApi for AmsEncoder {
+impl Encoder for AmsEncoder {
     fn backend(&self) -> &'static str {
         "ams"
     }
@@ -119,12 +110,8 @@ impl EncodingApi for AmsEncoder {
         self.catalog.rest()
     }
 
-    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
-        let record = self.catalog.asset_record(id).await?;
-        Ok(InputAsset {
-            name: record.name,
-            storage: record.storage_account_name,
-        })
+    async fn input(&self, id: &AssetId) -> Result<AssetRecord, SourceError> {
+        self.catalog.asset_record(id).await
     }
 
     fn transform_url(&self, name: &str) -> Url {
@@ -139,18 +126,17 @@ impl EncodingApi for AmsEncoder {
         self.catalog.asset_url(name)
     }
 
-    fn transform_body(&self, spec: &ThumbnailSpec) -> Value {
-        transform_body(spec)
+    fn preset(&self, spec: &ThumbnailSpec) -> Value {
+        preset(spec)
     }
 
-    /// AMS names the container itself (`asset-{assetId}`); the output goes to the input's
-    /// storage account.
-    fn output_asset_body(&self, input: &InputAsset, _container: &str) -> Value {
+    /// AMS names the container itself (`asset-{assetId}`).
+    fn output_asset_properties(&self, input: &AssetRecord, _container: &str) -> Value {
         let mut properties = json!({ "description": format!("Thumbnails of {}", input.name) });
         if let Some(account) = &input.storage {
             properties["storageAccountName"] = json!(account);
         }
-        json!({ "properties": properties })
+        properties
     }
 }
 
@@ -170,7 +156,7 @@ mod tests {
             &GenerateDefaults::default(),
         )
         .unwrap();
-        let body = transform_body(&spec);
+        let body = crate::jobs::transform_body(preset(&spec));
         let preset = &body["properties"]["outputs"][0]["preset"];
         assert_eq!(
             preset["@odata.type"],

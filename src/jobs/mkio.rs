@@ -11,12 +11,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::Encoder;
 use super::spec::{ImageFormat, ThumbnailSpec};
-use super::{EncodingApi, InputAsset};
 use crate::asset_id::AssetId;
-use crate::source::SourceError;
 use crate::source::mkio::MkioCatalog;
 use crate::source::rest::RestClient;
+use crate::source::{AssetRecord, SourceError};
 use url::Url;
 
 pub struct MkioEncoder {
@@ -29,8 +29,8 @@ impl MkioEncoder {
     }
 }
 
-/// `PUT .../transforms/{name}`: the thumbnail preset for `spec`.
-pub fn transform_body(spec: &ThumbnailSpec) -> Value {
+/// The thumbnail preset for `spec`.
+pub fn preset(spec: &ThumbnailSpec) -> Value {
     let entry = |format: ImageFormat, label: &str, columns: Option<u32>| {
         let mut entry = json!({
             "format": match format { ImageFormat::Jpg => "Jpeg", ImageFormat::Png => "Png" },
@@ -58,22 +58,13 @@ pub fn transform_body(spec: &ThumbnailSpec) -> Value {
         thumbnails.push(entry(ImageFormat::Jpg, "Sprite", Some(columns)));
     }
     json!({
-        "properties": {
-            "description": "Thumbnails (ams-thumbnails)",
-            "outputs": [ {
-                "onError": "StopProcessingJob",
-                "relativePriority": "Normal",
-                "preset": {
-                    "@odata.type": "#MediaKind.ThumbnailGeneratorPreset",
-                    "thumbnails": thumbnails,
-                }
-            } ]
-        }
+        "@odata.type": "#MediaKind.ThumbnailGeneratorPreset",
+        "thumbnails": thumbnails,
     })
 }
 
 #[async_trait]
-impl EncodingApi for MkioEncoder {
+impl Encoder for MkioEncoder {
     fn backend(&self) -> &'static str {
         "mkio"
     }
@@ -82,12 +73,8 @@ impl EncodingApi for MkioEncoder {
         self.catalog.rest()
     }
 
-    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
-        let record = self.catalog.asset_record(id).await?;
-        Ok(InputAsset {
-            name: record.name,
-            storage: record.storage_account_name,
-        })
+    async fn input(&self, id: &AssetId) -> Result<AssetRecord, SourceError> {
+        self.catalog.asset_record(id).await
     }
 
     fn transform_url(&self, name: &str) -> Url {
@@ -103,13 +90,13 @@ impl EncodingApi for MkioEncoder {
         self.catalog.media_url(&["assets", name])
     }
 
-    fn transform_body(&self, spec: &ThumbnailSpec) -> Value {
-        transform_body(spec)
+    fn preset(&self, spec: &ThumbnailSpec) -> Value {
+        preset(spec)
     }
 
     /// `storageAccountName` is required (AssetProperties): the input's storage instance; the
     /// container is ours to name.
-    fn output_asset_body(&self, input: &InputAsset, container: &str) -> Value {
+    fn output_asset_properties(&self, input: &AssetRecord, container: &str) -> Value {
         let mut properties = json!({
             "container": container,
             "description": format!("Thumbnails of {}", input.name),
@@ -117,7 +104,7 @@ impl EncodingApi for MkioEncoder {
         if let Some(storage) = &input.storage {
             properties["storageAccountName"] = json!(storage);
         }
-        json!({ "properties": properties })
+        properties
     }
 }
 
@@ -138,7 +125,7 @@ mod tests {
             &GenerateDefaults::default(),
         )
         .unwrap();
-        let body = transform_body(&spec);
+        let body = crate::jobs::transform_body(preset(&spec));
         let preset = &body["properties"]["outputs"][0]["preset"];
         assert_eq!(preset["@odata.type"], "#MediaKind.ThumbnailGeneratorPreset");
         let thumbnails = preset["thumbnails"].as_array().unwrap();

@@ -10,8 +10,9 @@
 //! - output asset `{input}-thumbnails-{S}` (the input name cut to 200 characters plus `-{I}`
 //!   when longer).
 //!
-//! The backends ([`ams::AmsEncoder`], [`mkio::MkioEncoder`]) speak the two APIs; this module
-//! knows neither HTTP status codes of its own API nor caching.
+//! The backends ([`ams::AmsEncoder`], [`mkio::MkioEncoder`]) say where (URLs) and what (the
+//! preset, the output asset); this module makes the calls, the same on both, and knows neither
+//! the HTTP status codes of its own API nor caching.
 
 pub mod ams;
 pub mod mkio;
@@ -24,8 +25,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::asset_id::AssetId;
-use crate::source::SourceError;
-use crate::source::rest::Refusal;
+use crate::source::rest::{Refusal, RestClient};
+use crate::source::{AssetRecord, SourceError};
 pub use spec::{GenerateDefaults, GenerateRequest, InvalidSpec, ThumbnailSpec};
 
 /// New attempts made after failed ones before giving up.
@@ -156,15 +157,6 @@ pub struct Job {
     pub error: Option<JobFailure>,
 }
 
-/// The input asset of a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputAsset {
-    /// The backend's asset name.
-    pub name: String,
-    /// AMS: the storage account; MK.IO: the storage instance. The output goes there too.
-    pub storage: Option<String>,
-}
-
 /// Generation failures, in domain terms (the HTTP layer picks the status).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JobsError {
@@ -192,32 +184,22 @@ pub enum JobsError {
     Source(#[from] SourceError),
 }
 
-/// One backend's encoding API. Implementations know their wire format, nothing else.
+/// What differs between the AMS and MK.IO encoding APIs: URLs and the preset's shape. Jobs
+/// have the same shape on both (MK.IO mirrors AMS), so [`Jobs`] makes the calls itself.
 #[async_trait]
 pub trait Encoder: Send + Sync {
     /// `ams`, `mkio`.
     fn backend(&self) -> &'static str;
+    fn rest(&self) -> &RestClient;
     /// The asset an id names.
-    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError>;
-    /// PUT the transform (create or update: idempotent).
-    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError>;
-    /// PUT the output asset (create or update: idempotent).
-    async fn put_output_asset(
-        &self,
-        name: &str,
-        input: &InputAsset,
-        container: &str,
-    ) -> Result<(), JobsError>;
-    /// PUT the job.
-    async fn put_job(
-        &self,
-        transform: &str,
-        name: &str,
-        input: &str,
-        output: &str,
-    ) -> Result<Job, JobsError>;
-    /// GET the job; `None` when the backend has no such job (or transform).
-    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError>;
+    async fn input(&self, id: &AssetId) -> Result<AssetRecord, SourceError>;
+    fn transform_url(&self, name: &str) -> url::Url;
+    fn job_url(&self, transform: &str, name: &str) -> url::Url;
+    fn asset_url(&self, name: &str) -> url::Url;
+    /// The transform output's `preset` for `spec`.
+    fn preset(&self, spec: &ThumbnailSpec) -> serde_json::Value;
+    /// The output asset's `properties` (it goes to the input's storage).
+    fn output_asset_properties(&self, input: &AssetRecord, container: &str) -> serde_json::Value;
 }
 
 /// The outcome of a generate request.
@@ -283,7 +265,7 @@ impl Jobs {
         for attempt in 1..=MAX_ATTEMPTS {
             let name = names.job(attempt);
             match self
-                .timed("get_job", self.encoder.job(&names.transform, &name))
+                .timed("get_job", self.get_job(&names.transform, &name))
                 .await?
             {
                 None => {
@@ -309,23 +291,39 @@ impl Jobs {
             });
         };
         let result = async {
+            let preset = self.encoder.preset(&spec);
             self.timed(
                 "put_transform",
-                self.encoder.put_transform(&names.transform, &spec),
+                self.put(
+                    self.encoder.transform_url(&names.transform),
+                    transform_body(preset),
+                    "create the transform",
+                ),
             )
             .await?;
+            let properties = self
+                .encoder
+                .output_asset_properties(&input, &names.output_container);
             self.timed(
                 "put_asset",
-                self.encoder
-                    .put_output_asset(&names.output, &input, &names.output_container),
+                self.put(
+                    self.encoder.asset_url(&names.output),
+                    serde_json::json!({ "properties": properties }),
+                    "create the output asset",
+                ),
             )
             .await?;
-            self.timed(
-                "put_job",
-                self.encoder
-                    .put_job(&names.transform, &job_name, &input.name, &names.output),
-            )
-            .await
+            let body = self
+                .timed(
+                    "put_job",
+                    self.put(
+                        self.encoder.job_url(&names.transform, &job_name),
+                        job_body(&input.name, &names.output),
+                        "submit the job",
+                    ),
+                )
+                .await?;
+            self.job_from(&names.transform, &body, "put job")
         }
         .await;
         let outcome = match &result {
@@ -350,7 +348,7 @@ impl Jobs {
         let transform =
             Names::transform_of(&self.settings.name_prefix, name).ok_or(JobsError::InvalidName)?;
         let job = self
-            .timed("get_job", self.encoder.job(&transform, name))
+            .timed("get_job", self.get_job(&transform, name))
             .await?
             .ok_or(JobsError::JobNotFound)?;
         let mut newly_finished = false;
@@ -461,129 +459,68 @@ impl Names {
     }
 }
 
-// ---- the encoders: one implementation over the two APIs' differences ----
+// ---- the calls, the same on both APIs ----
 
-/// What differs between the AMS and MK.IO encoding APIs: URLs and preset shapes. Jobs have
-/// the same shape on both (MK.IO mirrors AMS), so [`Encoder`] is implemented once over this.
-#[async_trait]
-pub trait EncodingApi: Send + Sync {
-    fn backend(&self) -> &'static str;
-    fn rest(&self) -> &crate::source::rest::RestClient;
-    /// The asset an id names.
-    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError>;
-    fn transform_url(&self, name: &str) -> url::Url;
-    fn job_url(&self, transform: &str, name: &str) -> url::Url;
-    fn asset_url(&self, name: &str) -> url::Url;
-    /// The `PUT .../transforms/{name}` body for `spec`.
-    fn transform_body(&self, spec: &ThumbnailSpec) -> serde_json::Value;
-    /// The `PUT .../assets/{name}` body of the output asset.
-    fn output_asset_body(&self, input: &InputAsset, container: &str) -> serde_json::Value;
-}
-
-#[async_trait]
-impl<T: EncodingApi> Encoder for T {
-    fn backend(&self) -> &'static str {
-        EncodingApi::backend(self)
-    }
-
-    async fn input(&self, id: &AssetId) -> Result<InputAsset, SourceError> {
-        EncodingApi::input(self, id).await
-    }
-
-    async fn put_transform(&self, name: &str, spec: &ThumbnailSpec) -> Result<(), JobsError> {
-        let body = self.transform_body(spec);
-        put(
-            self.rest(),
-            &self.transform_url(name),
-            &body,
-            "put transform",
-            "create the transform",
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn put_output_asset(
+impl Jobs {
+    /// A PUT whose refusal is reported as such (`action` says what was refused); the 2xx body.
+    async fn put(
         &self,
-        name: &str,
-        input: &InputAsset,
-        container: &str,
-    ) -> Result<(), JobsError> {
-        let body = self.output_asset_body(input, container);
-        put(
-            self.rest(),
-            &self.asset_url(name),
-            &body,
-            "put asset",
-            "create the output asset",
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn put_job(
-        &self,
-        transform: &str,
-        name: &str,
-        input: &str,
-        output: &str,
-    ) -> Result<Job, JobsError> {
-        let url = self.job_url(transform, name);
-        let body = put(
-            self.rest(),
-            &url,
-            &job_body(input, output),
-            "put job",
-            "submit the job",
-        )
-        .await?;
-        parse_job(transform, &body)
-            .map_err(|why| JobsError::Source(self.rest().upstream(&format!("put job: {why}"))))
-    }
-
-    async fn job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError> {
-        let Some(body) = self
-            .rest()
-            .get(&self.job_url(transform, name), "get job")
+        url: url::Url,
+        body: serde_json::Value,
+        action: &'static str,
+    ) -> Result<bytes::Bytes, JobsError> {
+        use crate::source::rest::{Access, Reply};
+        let rest = self.encoder.rest();
+        match rest
+            .call(
+                reqwest::Method::PUT,
+                &url,
+                Some(&body),
+                Access::Write,
+                action,
+            )
             .await?
-        else {
-            return Ok(None);
-        };
-        parse_job(transform, &body)
-            .map(Some)
-            .map_err(|why| JobsError::Source(self.rest().upstream(&format!("get job: {why}"))))
+        {
+            Reply::Ok { body, .. } => Ok(body),
+            Reply::Refused(refusal) => Err(JobsError::Refused {
+                backend: rest.backend(),
+                action,
+                refusal,
+            }),
+            Reply::NotFound => Err(JobsError::Source(rest.upstream(&format!(
+                "{action}: 404 (the account, project, transform or asset is gone)"
+            )))),
+        }
+    }
+
+    /// GET the job; `None` when the backend has no such job (or transform).
+    async fn get_job(&self, transform: &str, name: &str) -> Result<Option<Job>, JobsError> {
+        let url = self.encoder.job_url(transform, name);
+        match self.encoder.rest().get(&url, "get job").await? {
+            Some(body) => self.job_from(transform, &body, "get job").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn job_from(&self, transform: &str, body: &[u8], operation: &str) -> Result<Job, JobsError> {
+        parse_job(transform, body).map_err(|why| {
+            JobsError::Source(self.encoder.rest().upstream(&format!("{operation}: {why}")))
+        })
     }
 }
 
-/// A PUT whose refusal is reported as such; the 2xx body.
-async fn put(
-    rest: &crate::source::rest::RestClient,
-    url: &url::Url,
-    body: &serde_json::Value,
-    operation: &'static str,
-    action: &'static str,
-) -> Result<bytes::Bytes, JobsError> {
-    use crate::source::rest::{Access, Reply};
-    match rest
-        .call(
-            reqwest::Method::PUT,
-            url,
-            Some(body),
-            Access::Write,
-            operation,
-        )
-        .await?
-    {
-        Reply::Ok { body, .. } => Ok(body),
-        Reply::Refused(refusal) => Err(JobsError::Refused {
-            backend: rest.backend(),
-            action,
-            refusal,
-        }),
-        Reply::NotFound => Err(JobsError::Source(rest.upstream(&format!(
-            "{operation}: 404 (the account, project, transform or asset is gone)"
-        )))),
-    }
+/// The `PUT .../transforms/{name}` body around one output's `preset` (both APIs).
+pub fn transform_body(preset: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "properties": {
+            "description": "Thumbnails (ams-thumbnails)",
+            "outputs": [ {
+                "onError": "StopProcessingJob",
+                "relativePriority": "Normal",
+                "preset": preset,
+            } ]
+        }
+    })
 }
 
 // ---- the job resource, shared by ARM and MK.IO (MK.IO mirrors AMS's JobSchema) ----

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::rest::{Access, Bearer, ErrorEnvelope, Reply, RestClient};
-use super::{AssetLocation, Catalog, ContainerSas, HealthCheck, SourceError};
+use super::{AssetLocation, AssetRecord, Catalog, ContainerSas, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::{AmsSourceSettings, UpstreamSettings};
 
@@ -268,21 +268,13 @@ impl Catalog for AmsCatalog {
     }
 }
 
-/// What the encoder needs to know of an asset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssetRecord {
-    /// The ARM asset name (job inputs and outputs are named so).
-    pub name: String,
-    pub storage_account_name: Option<String>,
-}
-
 impl AmsCatalog {
     /// The asset an id names (by name, assetId or alternateId).
     pub async fn asset_record(&self, id: &AssetId) -> Result<AssetRecord, SourceError> {
         let asset = self.find_asset(id).await?;
         Ok(AssetRecord {
             name: asset.name,
-            storage_account_name: asset
+            storage: asset
                 .properties
                 .storage_account_name
                 .filter(|a| !a.is_empty()),

@@ -32,9 +32,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::ams::AssetRecord;
 use super::rest::{Bearer, ErrorEnvelope, RestClient};
-use super::{AssetLocation, Catalog, HealthCheck, SourceError};
+use super::{AssetLocation, AssetRecord, Catalog, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::{ConfigError, UpstreamSettings};
 use crate::secret::Secret;
@@ -357,7 +356,7 @@ impl MkioCatalog {
         let asset = self.find_asset(id).await?;
         Ok(AssetRecord {
             name: asset.name,
-            storage_account_name: asset
+            storage: asset
                 .properties
                 .storage_account_name
                 .filter(|s| !s.trim().is_empty()),

@@ -58,6 +58,15 @@ impl fmt::Debug for ContainerSas {
     }
 }
 
+/// What the encoder needs to know of an asset (AMS and MK.IO catalogs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetRecord {
+    /// The backend's asset name (job inputs and outputs are named so).
+    pub name: String,
+    /// AMS: the storage account; MK.IO: the storage instance. A job's output goes there too.
+    pub storage: Option<String>,
+}
+
 /// A backend failure, in domain terms. Only the HTTP layer turns these into status codes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {

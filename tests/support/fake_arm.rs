@@ -40,8 +40,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -53,6 +51,7 @@ use super::fake_encoder::{
     JobOutputSpec, JobRecord, JobRun, OutputSink, WriteRefusal,
 };
 use super::fake_entra::{json_response, json_text_response, verify_jwt};
+use super::odata::{Filter, decode_skiptoken, encode_skiptoken, parse_filter};
 use super::tls::{self, TestPki};
 
 /// The api-version of the asset operations (the swagger the asset examples come from).
@@ -939,7 +938,10 @@ fn list_assets(
             &format!("The fake ARM does not implement $orderby ('{orderby}')."),
         );
     }
-    let filter = match param("$filter").map(parse_filter).transpose() {
+    let filter = match param("$filter")
+        .map(|f| parse_filter(f, "fake ARM"))
+        .transpose()
+    {
         Ok(filter) => filter,
         Err(message) => return arm_error(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
@@ -962,7 +964,7 @@ fn list_assets(
     let matched: Vec<&FakeAsset> = s
         .assets
         .iter()
-        .filter(|a| filter.as_ref().is_none_or(|f| f.matches(a)))
+        .filter(|a| filter.as_ref().is_none_or(|f| filter_matches(f, a)))
         .collect();
     let end = top.unwrap_or(usize::MAX).min(matched.len());
     let start = offset.min(end);
@@ -1540,88 +1542,14 @@ fn resource_id(example_id: &str, s: &ArmState, names: &[(&str, &str)]) -> String
     segments.join("/")
 }
 
-// ---- $filter / $skiptoken ----
+// ---- $filter (parsing in super::odata) ----
 
-/// The `$filter` forms AMS documents for assets that the service uses.
-#[derive(Debug, PartialEq)]
-enum Filter {
-    Name(String),
-    AlternateId(String),
-    AssetId(Uuid),
-}
-
-impl Filter {
-    fn matches(&self, asset: &FakeAsset) -> bool {
-        match self {
-            Filter::Name(n) => asset.name.eq_ignore_ascii_case(n),
-            Filter::AlternateId(id) => asset.alternate_id.as_deref() == Some(id.as_str()),
-            Filter::AssetId(id) => asset.asset_id == *id,
-        }
-    }
-}
-
-/// `name eq 'x'`, `properties/alternateId eq 'x'` (OData string, `''` escapes `'`),
-/// `properties/assetId eq <guid>` (bare, `'quoted'` or `guid'...'`).
-fn parse_filter(filter: &str) -> Result<Filter, String> {
-    let unsupported = || {
-        format!(
-            "The $filter '{filter}' is not supported: the fake ARM knows `name eq '..'`, \
-             `properties/alternateId eq '..'` and `properties/assetId eq <guid>`."
-        )
-    };
-    let mut parts = filter.trim().splitn(3, char::is_whitespace);
-    let (Some(property), Some(op), Some(literal)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(unsupported());
-    };
-    if op != "eq" {
-        return Err(unsupported());
-    }
-    let literal = literal.trim();
-    let string_literal = || {
-        literal
-            .strip_prefix('\'')
-            .and_then(|l| l.strip_suffix('\''))
-            .filter(|inner| !inner.replace("''", "").contains('\''))
-            .map(|inner| inner.replace("''", "'"))
-            .ok_or_else(|| format!("Invalid OData string literal {literal} in $filter."))
-    };
-    match property {
-        "name" => Ok(Filter::Name(string_literal()?)),
-        "properties/alternateId" => Ok(Filter::AlternateId(string_literal()?)),
-        "properties/assetId" => {
-            let guid = literal.strip_prefix("guid").unwrap_or(literal);
-            let guid = guid
-                .strip_prefix('\'')
-                .and_then(|g| g.strip_suffix('\''))
-                .unwrap_or(guid);
-            Uuid::parse_str(guid)
-                .map(Filter::AssetId)
-                .map_err(|_| format!("Invalid GUID {literal} in $filter."))
-        }
-        _ => Err(unsupported()),
-    }
-}
-
-/// Opaque to clients (ARM's are), readable here: the offset, and whether the link loops.
-fn encode_skiptoken(offset: usize, looping: bool) -> String {
-    let kind = if looping { "loop" } else { "next" };
-    URL_SAFE_NO_PAD.encode(format!("{kind}:{offset}"))
-}
-
-fn decode_skiptoken(token: &str) -> Result<(usize, bool), String> {
-    let invalid = || format!("Invalid $skiptoken '{token}'.");
-    let text = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(invalid)?;
-    let (kind, offset) = text.split_once(':').ok_or_else(invalid)?;
-    let offset = offset.parse().map_err(|_| invalid())?;
-    match kind {
-        "next" => Ok((offset, false)),
-        "loop" => Ok((offset, true)),
-        _ => Err(invalid()),
+/// Whether the asset passes the filter (names compared as this service does).
+fn filter_matches(filter: &Filter, asset: &FakeAsset) -> bool {
+    match filter {
+        Filter::Name(n) => asset.name.eq_ignore_ascii_case(n),
+        Filter::AlternateId(id) => asset.alternate_id.as_deref() == Some(id.as_str()),
+        Filter::AssetId(id) => asset.asset_id == *id,
     }
 }
 

@@ -43,8 +43,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -56,6 +54,7 @@ use super::fake_encoder::{
     JobRecord, JobRun, OutputSink, WriteRefusal,
 };
 use super::fake_entra::{json_response, json_text_response};
+use super::odata::{Filter, decode_skiptoken, encode_skiptoken, parse_filter};
 use super::tls::{self, TestPki};
 
 /// The project the fake holds unless told otherwise.
@@ -826,7 +825,10 @@ fn list_assets(
             );
         }
     }
-    let filter = match param("$filter").map(parse_filter).transpose() {
+    let filter = match param("$filter")
+        .map(|f| parse_filter(f, "fake MK.IO"))
+        .transpose()
+    {
         Ok(filter) => filter,
         Err(message) => return mkio_error(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
@@ -847,7 +849,7 @@ fn list_assets(
 
     let s = mkio.state();
     let page_size = top.unwrap_or(s.page_size).min(s.page_size).max(1);
-    let matches = |a: &&FakeMkioAsset| filter.as_ref().is_none_or(|f| f.matches(a));
+    let matches = |a: &&FakeMkioAsset| filter.as_ref().is_none_or(|f| filter_matches(f, a));
     // Either filter, then page (MK.IO), or page the whole collection, then filter the page.
     let (scanned, total, items): (usize, usize, Vec<&FakeMkioAsset>) = if s.filter_after_paging {
         let page: Vec<&FakeMkioAsset> = s.assets.iter().skip(offset).take(page_size).collect();
@@ -1324,84 +1326,14 @@ fn job_json(job: &JobRecord) -> Value {
     })
 }
 
-// ---- $filter / $skiptoken ----
+// ---- $filter (parsing in super::odata) ----
 
-/// The `$filter` forms the catalog uses (and the docs show for `name`).
-#[derive(Debug, PartialEq)]
-enum Filter {
-    Name(String),
-    AlternateId(String),
-    AssetId(Uuid),
-}
-
-impl Filter {
-    fn matches(&self, asset: &FakeMkioAsset) -> bool {
-        match self {
-            Filter::Name(n) => asset.name == *n,
-            Filter::AlternateId(id) => asset.alternate_id.as_deref() == Some(id.as_str()),
-            Filter::AssetId(id) => asset.asset_id == *id,
-        }
-    }
-}
-
-/// `name eq 'x'`, `properties/alternateId eq 'x'` (OData string, `''` escapes `'`),
-/// `properties/assetId eq <guid>` (bare, `'quoted'` or `guid'...'`).
-fn parse_filter(filter: &str) -> Result<Filter, String> {
-    let unsupported = || {
-        format!(
-            "The $filter '{filter}' is not supported: the fake MK.IO knows `name eq '..'`, \
-             `properties/alternateId eq '..'` and `properties/assetId eq <guid>`."
-        )
-    };
-    let mut parts = filter.trim().splitn(3, char::is_whitespace);
-    let (Some(property), Some("eq"), Some(literal)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(unsupported());
-    };
-    let literal = literal.trim();
-    let string_literal = || {
-        literal
-            .strip_prefix('\'')
-            .and_then(|l| l.strip_suffix('\''))
-            .filter(|inner| !inner.replace("''", "").contains('\''))
-            .map(|inner| inner.replace("''", "'"))
-            .ok_or_else(|| format!("Invalid OData string literal {literal} in $filter."))
-    };
-    match property {
-        "name" => Ok(Filter::Name(string_literal()?)),
-        "properties/alternateId" => Ok(Filter::AlternateId(string_literal()?)),
-        "properties/assetId" => {
-            let guid = literal.strip_prefix("guid").unwrap_or(literal);
-            let guid = guid
-                .strip_prefix('\'')
-                .and_then(|g| g.strip_suffix('\''))
-                .unwrap_or(guid);
-            Uuid::parse_str(guid)
-                .map(Filter::AssetId)
-                .map_err(|_| format!("Invalid GUID {literal} in $filter."))
-        }
-        _ => Err(unsupported()),
-    }
-}
-
-fn encode_skiptoken(offset: usize, looping: bool) -> String {
-    let kind = if looping { "loop" } else { "next" };
-    URL_SAFE_NO_PAD.encode(format!("{kind}:{offset}"))
-}
-
-fn decode_skiptoken(token: &str) -> Result<(usize, bool), String> {
-    let invalid = || format!("Invalid $skiptoken '{token}'.");
-    let text = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(invalid)?;
-    let (kind, offset) = text.split_once(':').ok_or_else(invalid)?;
-    let offset = offset.parse().map_err(|_| invalid())?;
-    match kind {
-        "next" => Ok((offset, false)),
-        "loop" => Ok((offset, true)),
-        _ => Err(invalid()),
+/// Whether the asset passes the filter (names compared as this service does).
+fn filter_matches(filter: &Filter, asset: &FakeMkioAsset) -> bool {
+    match filter {
+        Filter::Name(n) => asset.name == *n,
+        Filter::AlternateId(id) => asset.alternate_id.as_deref() == Some(id.as_str()),
+        Filter::AssetId(id) => asset.asset_id == *id,
     }
 }
 

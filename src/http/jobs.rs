@@ -34,8 +34,8 @@ pub async fn generate(
         })
     })?;
     let request = parse_body(&headers, body)?;
-    let id = crate::asset_id::AssetId::parse(path.id())
-        .map_err(|e| Problem::new(Kind::InvalidAssetId, e.to_string()))?;
+    // `AssetPath` validated the id already.
+    let id = crate::asset_id::AssetId::from_validated(path.id());
     let submitted = jobs.generate(&id, &request).await?;
     Ok(job_response(
         &submitted.job,

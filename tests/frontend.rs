@@ -230,6 +230,112 @@ async fn gzip_when_accepted_without_extra_work_per_hit() {
     assert!(refused.headers().get("content-encoding").is_none());
 }
 
+/// One HTTP/1.1 exchange on an open connection: the status and the header names and values
+/// of the answer (its body read by `Content-Length`).
+async fn exchange(
+    stream: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    request: &str,
+) -> (u16, Vec<(String, String)>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
+    let mut line = String::new();
+    stream.read_line(&mut line).await.unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await.unwrap();
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.unwrap();
+    (status, headers)
+}
+
+/// The list answer's headers are written into the request's own (emptied) map, which hyper
+/// hands from one answer to the next request on a connection: nothing of an earlier request
+/// or answer may show in a later one.
+#[tokio::test]
+async fn answers_on_one_connection_carry_only_their_own_headers() {
+    let server = TestServer::start(settings("")).await;
+    let authority = server.base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(authority).await.unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    let path = "/assets/builtin-preset/thumbnails";
+    let request = |extra: &str| format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{extra}\r\n");
+    let names = |headers: &[(String, String)]| {
+        let mut names: Vec<_> = headers.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    };
+    let value = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+
+    let (status, gzip) = exchange(
+        &mut stream,
+        &request(
+            "Accept-Encoding: gzip\r\nX-Probe: from-the-request\r\nX-Request-Id: first-one\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(value(&gzip, "content-encoding").as_deref(), Some("gzip"));
+    assert_eq!(value(&gzip, "x-request-id").as_deref(), Some("first-one"));
+    let gzip_tag = value(&gzip, "etag").unwrap();
+
+    let (status, plain) = exchange(&mut stream, &request("")).await;
+    assert_eq!(status, 200);
+    let expected = [
+        "cache-control",
+        "content-length",
+        "content-type",
+        "date",
+        "etag",
+        "referrer-policy",
+        "vary",
+        "x-content-type-options",
+        "x-request-id",
+    ];
+    assert_eq!(names(&plain), expected, "{plain:?}");
+    assert_ne!(value(&plain, "etag").unwrap(), gzip_tag);
+    assert_ne!(value(&plain, "x-request-id").as_deref(), Some("first-one"));
+
+    let plain_tag = value(&plain, "etag").unwrap();
+    let (status, not_modified) = exchange(
+        &mut stream,
+        &request(&format!("If-None-Match: {plain_tag}\r\n")),
+    )
+    .await;
+    assert_eq!(status, 304);
+    assert!(
+        value(&not_modified, "content-type").is_none(),
+        "{not_modified:?}"
+    );
+    assert!(
+        value(&not_modified, "if-none-match").is_none(),
+        "{not_modified:?}"
+    );
+
+    let (status, again) = exchange(&mut stream, &request("")).await;
+    assert_eq!(status, 200);
+    assert_eq!(names(&again), expected, "{again:?}");
+}
+
 #[tokio::test]
 async fn cors_only_for_configured_origins() {
     let closed = TestServer::start(settings("")).await;

@@ -360,7 +360,45 @@ struct ReadIndex {
 /// By the id's 64-bit hash: a lookup reads no key (the entry itself says whose it is, see
 /// [`Resolved::is_for`]); two ids of the same hash share a slot, the later one wins and the
 /// other is served through moka.
-type HotMap = std::collections::HashMap<u64, Arc<Resolved>, BuildHasherDefault<HashIsKey>>;
+type HotMap = std::collections::HashMap<u64, Slot, BuildHasherDefault<HashIsKey>>;
+
+/// An index entry: the cached entry, and where its JSON answer is.
+///
+/// A hit on one of many entries finds most of what it reads cold: the entry, the JSON it
+/// checks the id against and then writes out, the ETag after it. Read one after the other,
+/// each waits for memory in turn (perf put them at ~1.4 µs of a ~13 µs hit over 10,000 ids).
+/// With the JSON's place kept next to the pointer to the entry, a hit asks for all of them at
+/// once ([`prefetch`]) and waits for memory about once.
+struct Slot {
+    entry: Arc<Resolved>,
+    /// Address of the JSON's first byte (a prefetch hint, never dereferenced).
+    body: usize,
+    /// Bytes from there to the end of the ETag that follows it.
+    len: usize,
+}
+
+impl Slot {
+    fn new(entry: Arc<Resolved>) -> Self {
+        let body = entry.body.as_ptr() as usize;
+        let len = entry.etag.as_bytes().as_ptr() as usize + entry.etag.len() - body;
+        Self { entry, body, len }
+    }
+}
+
+/// Asks the CPU to bring `len` bytes from `addr` into its caches, without waiting for them.
+#[inline(always)]
+fn prefetch(addr: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (addr & !63..addr + len).step_by(64) {
+        // SAFETY: a prefetch is a hint: it never faults, whatever the address, and changes no
+        // memory. The addresses are those of a live entry anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (addr, len);
+}
 
 /// The keys are hashes already.
 #[derive(Default)]
@@ -400,7 +438,13 @@ impl ReadIndex {
     /// The entry, while it may still be served.
     fn get(&self, key: &str) -> Option<Arc<Resolved>> {
         let (shard, hash) = self.slot(key);
-        let found = shard.read().expect("not poisoned").get(&hash).cloned()?;
+        let found = {
+            let shard = shard.read().expect("not poisoned");
+            let slot = shard.get(&hash)?;
+            prefetch(Arc::as_ptr(&slot.entry) as usize, 128);
+            prefetch(slot.body, slot.len);
+            slot.entry.clone()
+        };
         (found.is_for(key) && Instant::now() < found.valid_until).then_some(found)
     }
 
@@ -409,14 +453,20 @@ impl ReadIndex {
             return;
         }
         let (shard, hash) = self.slot(key);
-        shard.write().expect("not poisoned").insert(hash, resolved);
+        shard
+            .write()
+            .expect("not poisoned")
+            .insert(hash, Slot::new(resolved));
     }
 
     /// Removes the key if it still maps to this very entry.
     fn remove(&self, key: &str, resolved: &Arc<Resolved>) {
         let (shard, hash) = self.slot(key);
         let mut shard = shard.write().expect("not poisoned");
-        if shard.get(&hash).is_some_and(|r| Arc::ptr_eq(r, resolved)) {
+        if shard
+            .get(&hash)
+            .is_some_and(|s| Arc::ptr_eq(&s.entry, resolved))
+        {
             shard.remove(&hash);
         }
     }

@@ -97,7 +97,7 @@ async fn resolve(settings: Settings, raw_id: String) -> ExitCode {
     let resolver = Resolver::new(&settings, backend);
     match resolver.resolve(&id).await {
         Ok(resolved) => {
-            println!("{}", String::from_utf8_lossy(&resolved.body));
+            println!("{}", String::from_utf8_lossy(resolved.body()));
             ExitCode::SUCCESS
         }
         Err(ResolveError::NotFound) => {

@@ -109,7 +109,7 @@ async fn a_hit_makes_no_backend_call_and_no_serialization() {
     let b = state.resolver.resolve(&id).await.unwrap();
     assert!(Arc::ptr_eq(&a.resolved, &b.resolved));
     assert!(!a.stale);
-    assert_eq!(a.body.as_ptr(), b.body.as_ptr());
+    assert_eq!(a.body().as_ptr(), b.body().as_ptr());
 }
 
 #[tokio::test]

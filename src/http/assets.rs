@@ -28,10 +28,10 @@ pub async fn list(
     let request = request.headers;
     let gzip = accepts_gzip(&request);
     // Each encoding is its own representation, with its own strong tag.
-    let etag = if gzip {
-        resolved.etag_gzip()
+    let (body, etag) = if gzip {
+        (resolved.body_gzip(), resolved.etag_gzip().clone())
     } else {
-        resolved.etag()
+        resolved.answer()
     };
     let not_modified = request
         .get(header::IF_NONE_MATCH)
@@ -52,12 +52,10 @@ pub async fn list(
         headers.insert(header::CONTENT_TYPE, APPLICATION_JSON);
         if gzip {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            Response::new(Body::from(resolved.body_gzip()))
-        } else {
-            Response::new(Body::from(resolved.body.clone()))
         }
+        Response::new(Body::from(body))
     };
-    headers.insert(header::ETAG, etag.clone());
+    headers.insert(header::ETAG, etag);
     set_freshness(&mut headers, &resolved);
     headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     *response.headers_mut() = headers;

@@ -90,7 +90,7 @@ pub async fn batch_get(
         match result {
             Ok(resolved) => {
                 out.extend_from_slice(b",\"status\":200,\"result\":");
-                out.extend_from_slice(&resolved.body);
+                out.extend_from_slice(resolved.body());
             }
             Err(problem) => {
                 out.extend_from_slice(

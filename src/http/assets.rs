@@ -7,7 +7,6 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use time::OffsetDateTime;
 
 use super::AppState;
 use super::params::{AssetPath, QueryParams, parse_index};
@@ -296,11 +295,10 @@ fn cache_control(resolved: &Resolved, now: Instant) -> HeaderValue {
         .fresh_until()
         .saturating_duration_since(now)
         .as_secs();
-    if let Some(expires) = resolved.expires_at() {
-        let left = (expires - OffsetDateTime::now_utc()).whole_seconds().max(0);
-        max_age = max_age.min(left as u64);
+    if let Some(expires) = resolved.urls_expire() {
+        max_age = max_age.min(expires.saturating_duration_since(now).as_secs());
     }
-    cache_control_value(resolved.expires_at().is_some(), max_age)
+    cache_control_value(resolved.urls_expire().is_some(), max_age)
 }
 
 /// `public, max-age=N` or `private, max-age=N`: made once per value up to a limit (no

@@ -49,8 +49,9 @@ pub struct Resolved {
     body: Span,
     /// Strong ETag of the JSON (quoted).
     etag: Span,
-    /// Earliest expiry of any URL in the answer.
-    expires_at: Option<OffsetDateTime>,
+    /// Earliest expiry of any URL in the answer, on the monotonic clock (converted once at
+    /// load: a hit reads one clock, not the wall clock too).
+    urls_expire: Option<Instant>,
     /// The gzip variant and its ETag, made on the first request that accepts gzip: entries
     /// only ever read uncompressed (API clients, `batchGet`) do not hold it.
     gzip: OnceLock<Box<Gzipped>>,
@@ -126,7 +127,7 @@ impl std::fmt::Debug for Resolved {
             .field("body", &self.body.len)
             .field("etag", &String::from_utf8_lossy(self.etag_bytes()))
             .field("thumbnails", &self.spans().len())
-            .field("expires_at", &self.expires_at)
+            .field("urls_expire", &self.urls_expire)
             .finish_non_exhaustive()
     }
 }
@@ -180,7 +181,10 @@ impl Resolved {
             storyboard_json: spans[3],
             thumbnails: span(4),
             buffer: Bytes::from(buffer),
-            expires_at,
+            urls_expire: expires_at.map(|at| {
+                let left = at - OffsetDateTime::now_utc();
+                Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+            }),
             fresh_until,
             valid_until,
         })
@@ -252,9 +256,9 @@ impl Resolved {
         self.storyboard_json.map(|s| self.buffer.slice(s.range()))
     }
 
-    /// Earliest expiry of any URL in the answer (None: they do not expire).
-    pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.expires_at
+    /// When the first URL in the answer expires (None: they do not expire).
+    pub fn urls_expire(&self) -> Option<Instant> {
+        self.urls_expire
     }
 
     fn spans(&self) -> std::slice::ChunksExact<'_, u8> {
@@ -437,8 +441,8 @@ impl ReadIndex {
         (&self.shards[(hash >> 40) as usize % Self::SHARDS], hash)
     }
 
-    /// The entry, while it may still be served.
-    fn get(&self, key: &str) -> Option<Arc<Resolved>> {
+    /// The entry, while it may still be served at `now`.
+    fn get(&self, key: &str, now: Instant) -> Option<Arc<Resolved>> {
         let (shard, hash) = self.slot(key);
         let found = {
             let shard = shard.read().expect("not poisoned");
@@ -447,7 +451,7 @@ impl ReadIndex {
             prefetch(slot.body, slot.len);
             slot.entry.clone()
         };
-        (found.is_for(key) && Instant::now() < found.valid_until).then_some(found)
+        (found.is_for(key) && now < found.valid_until).then_some(found)
     }
 
     fn insert(&self, key: &str, resolved: Arc<Resolved>) {
@@ -567,9 +571,11 @@ impl Resolver {
     /// a failed refresh keeps it, up to `cache.max_stale` and never with URLs below
     /// `cache.min_validity`.
     pub async fn resolve(&self, id: &AssetId) -> Result<Resolution, ResolveError> {
-        if let Some(found) = self.inner.hot.get(id.as_str()) {
+        // One clock reading per hit, for the index's validity check and the freshness.
+        let now = Instant::now();
+        if let Some(found) = self.inner.hot.get(id.as_str(), now) {
             self.sample_read(id.as_str()).await;
-            return self.hit(Entry::Found(found), || id.clone());
+            return self.hit(Entry::Found(found), now, || id.clone());
         }
         match self.inner.cache.get(id.as_str()).await {
             Some(entry) => {
@@ -577,7 +583,7 @@ impl Resolver {
                 if let Entry::Found(r) = &entry {
                     self.inner.publish(id.key(), r).await;
                 }
-                self.hit(entry, || id.clone())
+                self.hit(entry, Instant::now(), || id.clone())
             }
             None => self.miss(id).await,
         }
@@ -586,9 +592,11 @@ impl Resolver {
     /// [`Resolver::resolve`] for an id that passed [`AssetId::validate`]: a hit needs no
     /// `AssetId` (no allocation); one is made for a miss or a refresh.
     pub async fn resolve_str(&self, id: &str) -> Result<Resolution, ResolveError> {
-        if let Some(found) = self.inner.hot.get(id) {
+        // One clock reading per hit, for the index's validity check and the freshness.
+        let now = Instant::now();
+        if let Some(found) = self.inner.hot.get(id, now) {
             self.sample_read(id).await;
-            return self.hit(Entry::Found(found), || AssetId::from_validated(id));
+            return self.hit(Entry::Found(found), now, || AssetId::from_validated(id));
         }
         match self.inner.cache.get(id).await {
             Some(entry) => {
@@ -596,7 +604,7 @@ impl Resolver {
                 if let Entry::Found(r) = &entry {
                     self.inner.publish(Arc::from(id), r).await;
                 }
-                self.hit(entry, || AssetId::from_validated(id))
+                self.hit(entry, Instant::now(), || AssetId::from_validated(id))
             }
             None => self.miss(&AssetId::from_validated(id)).await,
         }
@@ -618,13 +626,17 @@ impl Resolver {
         }
     }
 
-    fn hit(&self, entry: Entry, id: impl FnOnce() -> AssetId) -> Result<Resolution, ResolveError> {
+    fn hit(
+        &self,
+        entry: Entry,
+        at: Instant,
+        id: impl FnOnce() -> AssetId,
+    ) -> Result<Resolution, ResolveError> {
         let inner = &self.inner;
         inner.stats.hits.fetch_add(1, Ordering::Relaxed);
         inner.counters.hits.increment(1);
         match entry {
             Entry::Found(resolved) => {
-                let at = Instant::now();
                 let stale = at >= resolved.fresh_until;
                 if stale {
                     inner.counters.stale_served.increment(1);
@@ -1052,15 +1064,15 @@ mod tests {
         index.insert("b", b.clone());
         // An entry under another id is refused.
         index.insert("c", a.clone());
-        assert!(index.get("c").is_none());
-        assert!(Arc::ptr_eq(&index.get("a").unwrap(), &a));
+        assert!(index.get("c", Instant::now()).is_none());
+        assert!(Arc::ptr_eq(&index.get("a", Instant::now()).unwrap(), &a));
         // Only that very entry is removed.
         index.remove("a", &b);
-        assert!(index.get("a").is_some());
+        assert!(index.get("a", Instant::now()).is_some());
         index.remove("a", &a);
-        assert!(index.get("a").is_none());
+        assert!(index.get("a", Instant::now()).is_none());
         index.forget("b");
-        assert!(index.get("b").is_none());
+        assert!(index.get("b", Instant::now()).is_none());
         // Past its validity an entry is not served.
         let now = Instant::now();
         let rendered = render::render(&AssetThumbnails {
@@ -1074,6 +1086,6 @@ mod tests {
             "old",
             Arc::new(Resolved::new(rendered, None, now, now).unwrap()),
         );
-        assert!(index.get("old").is_none());
+        assert!(index.get("old", Instant::now()).is_none());
     }
 }

@@ -377,17 +377,31 @@ type HotMap = std::collections::HashMap<u64, Slot, BuildHasherDefault<HashIsKey>
 /// once ([`prefetch`]) and waits for memory about once.
 struct Slot {
     entry: Arc<Resolved>,
-    /// Address of the JSON's first byte (a prefetch hint, never dereferenced).
-    body: usize,
-    /// Bytes from there to the end of the ETag that follows it.
-    len: usize,
+    /// Where the JSON starts (low 48 bits: the address) and how many bytes from there to the
+    /// end of the ETag after it (high 16 bits, capped): a prefetch hint, never dereferenced.
+    /// One word, so that a slot with its key is 24 bytes.
+    hint: u64,
 }
 
 impl Slot {
+    const ADDRESS_BITS: u32 = 48;
+
     fn new(entry: Arc<Resolved>) -> Self {
-        let body = entry.body().as_ptr() as usize;
-        let len = (entry.etag.start + entry.etag.len - entry.body.start) as usize;
-        Self { entry, body, len }
+        let address = entry.body().as_ptr() as u64 & ((1 << Self::ADDRESS_BITS) - 1);
+        let len = u64::from(entry.etag.start + entry.etag.len - entry.body.start).min(0xffff);
+        Self {
+            entry,
+            hint: address | len << Self::ADDRESS_BITS,
+        }
+    }
+
+    fn prefetch(&self) {
+        prefetch(Arc::as_ptr(&self.entry) as usize, 128);
+        let mask = (1 << Self::ADDRESS_BITS) - 1;
+        prefetch(
+            (self.hint & mask) as usize,
+            (self.hint >> Self::ADDRESS_BITS) as usize,
+        );
     }
 }
 
@@ -447,8 +461,7 @@ impl ReadIndex {
         let found = {
             let shard = shard.read().expect("not poisoned");
             let slot = shard.get(&hash)?;
-            prefetch(Arc::as_ptr(&slot.entry) as usize, 128);
-            prefetch(slot.body, slot.len);
+            slot.prefetch();
             slot.entry.clone()
         };
         (found.is_for(key) && now < found.valid_until).then_some(found)

@@ -82,6 +82,10 @@ pub struct ServerSettings {
     /// Longest wait in the queue before `503 overloaded`.
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Threads for blocking work (local folder walks and file reads, DNS lookups). Tokio's own
+    /// bound is 512: a flood of cold local assets grew the pool to that, each thread with its
+    /// stack, and glibc spread the transient allocations over every arena it has.
+    pub blocking_threads: usize,
 }
 
 impl Default for ServerSettings {
@@ -94,6 +98,7 @@ impl Default for ServerSettings {
             max_concurrent_requests: 1024,
             max_queued_requests: 2048,
             queue_timeout: Duration::from_secs(5),
+            blocking_threads: 16,
         }
     }
 }
@@ -771,6 +776,12 @@ impl Settings {
                 "must be greater than 0".into(),
             ));
         }
+        if self.server.blocking_threads == 0 {
+            return Err(invalid(
+                "server.blocking_threads",
+                "must be greater than 0".into(),
+            ));
+        }
         if self.upstream.max_concurrency == 0 {
             return Err(invalid(
                 "upstream.max_concurrency",
@@ -1054,6 +1065,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("recognition.patterns[0]"), "{err}");
+        let err = Settings::from_toml("[server]\nblocking_threads = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.blocking_threads"), "{err}");
+        let s = Settings::from_toml("[server]\nblocking_threads = 4\n").unwrap();
+        assert_eq!(s.server.blocking_threads, 4);
     }
 
     #[test]

@@ -42,13 +42,17 @@ fn main() -> ExitCode {
             print!("{}", settings.to_redacted_toml());
             ExitCode::SUCCESS
         }
-        Command::Resolve { asset_id } => run(resolve(settings, asset_id)),
-        Command::Serve => run(serve(settings)),
+        Command::Resolve { asset_id } => run(
+            settings.server.blocking_threads,
+            resolve(settings, asset_id),
+        ),
+        Command::Serve => run(settings.server.blocking_threads, serve(settings)),
     }
 }
 
-fn run(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+fn run(blocking_threads: usize, fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(blocking_threads)
         .enable_all()
         .build()
     {

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, RawPathParams, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
-use super::params::{AssetPath, body_bytes, is_json};
+use super::params::{AssetPath, body_bytes, capture, is_json, path_params};
 use super::problem::{Kind, Problem};
 use crate::jobs::{GenerateRequest, Job, JobFailure, JobsError};
 use crate::url_path::encode_segment;
@@ -111,20 +111,16 @@ impl<S: Send + Sync> FromRequestParts<S> for JobName {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| {
-                Problem::new(
-                    Kind::InvalidParameter,
-                    "the job name is not valid UTF-8 once percent-decoded",
-                )
-            })?;
-        let name = params
-            .iter()
-            .find(|(k, _)| *k == "jobName")
-            .map(|(_, v)| v.to_owned())
-            .unwrap_or_default();
-        Ok(Self(name))
+        let params = path_params(parts, state, || {
+            Problem::new(
+                Kind::InvalidParameter,
+                "the job name is not valid UTF-8 once percent-decoded",
+            )
+        })
+        .await?;
+        Ok(Self(
+            capture(&params, "jobName").unwrap_or_default().to_owned(),
+        ))
     }
 }
 

@@ -25,25 +25,40 @@ impl AssetPath {
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value)
+        capture(&self.params, name)
     }
+}
+
+/// The path's captures as axum percent-decoded them; `problem` when they are not UTF-8.
+pub(super) async fn path_params<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    problem: impl FnOnce() -> Problem,
+) -> Result<RawPathParams, Problem> {
+    RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| problem())
+}
+
+/// One capture by name.
+pub(super) fn capture<'a>(params: &'a RawPathParams, name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for AssetPath {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| {
-                Problem::new(
-                    Kind::InvalidAssetId,
-                    "the path is not valid UTF-8 once percent-decoded",
-                )
-            })?;
+        let params = path_params(parts, state, || {
+            Problem::new(
+                Kind::InvalidAssetId,
+                "the path is not valid UTF-8 once percent-decoded",
+            )
+        })
+        .await?;
         let path = Self { params };
         AssetId::validate(path.id())
             .map_err(|e| Problem::new(Kind::InvalidAssetId, e.to_string()))?;

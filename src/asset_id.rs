@@ -49,12 +49,6 @@ impl AssetId {
         Ok(Self(Arc::from(raw)))
     }
 
-    /// An id from text that [`AssetId::validate`] accepted.
-    pub fn from_validated(raw: &str) -> Self {
-        debug_assert!(Self::validate(raw).is_ok(), "{raw:?}");
-        Self(Arc::from(raw))
-    }
-
     /// Checks an id without keeping it (no allocation).
     pub fn validate(raw: &str) -> Result<(), InvalidAssetId> {
         // The common case in one pass: short, ASCII, nothing forbidden, no space at either end.

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ams_thumbnails::asset_id::AssetId;
-use ams_thumbnails::resolver::{ResolveError, Resolver};
-use ams_thumbnails::source::Backend;
+use ams_thumbnails::resolver::ResolveError;
+use ams_thumbnails::server::{StartError, compose};
 use ams_thumbnails::{Server, Settings, server, telemetry};
 use clap::{Parser, Subcommand};
 
@@ -38,10 +38,17 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
-            print!("{}", settings.to_redacted_toml());
-            ExitCode::SUCCESS
-        }
+        // Everything the service would build is built (and so checked), nothing is served.
+        Command::CheckConfig => match compose::check(&settings) {
+            Ok(()) => {
+                print!("{}", settings.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ams-thumbnails: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Resolve { asset_id } => run(
             settings.server.blocking_threads,
             resolve(settings, asset_id),
@@ -66,10 +73,14 @@ fn run(blocking_threads: usize, fut: impl std::future::Future<Output = ExitCode>
 
 async fn serve(settings: Settings) -> ExitCode {
     telemetry::init(&settings.log);
-    let server = match Server::bind(settings.clone()).await {
+    let server = match Server::bind(settings).await {
         Ok(s) => s,
+        Err(StartError::Config(e)) => {
+            eprintln!("ams-thumbnails: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            tracing::error!(listen = %settings.server.listen, error = %e, "cannot bind");
+            tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
@@ -90,15 +101,14 @@ async fn resolve(settings: Settings, raw_id: String) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let base_url = settings.public_base_url(settings.server.listen);
-    let backend = match Backend::from_settings(&settings, &base_url) {
-        Ok(b) => b,
+    let base_url = settings.server.public_base_url(settings.server.listen);
+    let resolver = match compose::resolver(&settings, &base_url) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("ams-thumbnails: {e}");
+            eprintln!("ams-thumbnails: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let resolver = Resolver::new(&settings, backend);
     match resolver.resolve(&id).await {
         Ok(resolved) => {
             println!("{}", String::from_utf8_lossy(resolved.body()));

@@ -11,14 +11,14 @@ use azure_identity::{
     UserAssignedId, WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
 };
 
-use crate::config::{ConfigError, CredentialSettings};
+use crate::config::{CredentialSettings, Invalid};
 
 /// Builds the configured credential with the service's own transport and retry budget.
 pub fn build(
     settings: &CredentialSettings,
     options: &ClientOptions,
-) -> Result<Arc<dyn TokenCredential>, ConfigError> {
-    let invalid = |e: azure_core::Error| ConfigError::Invalid {
+) -> Result<Arc<dyn TokenCredential>, Invalid> {
+    let invalid = |e: azure_core::Error| Invalid {
         key: "credential".into(),
         message: e.to_string(),
     };

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
 
-use crate::config::{ConfigError, UpstreamSettings};
+use crate::config::{CredentialSettings, Invalid, LinkSettings, StorageSettings, UpstreamSettings};
 use crate::source::SourceError;
 
 /// The reqwest client every Azure call goes through: connect and per-try timeouts, and the
 /// extra CA when one is configured.
-pub fn http_client(settings: &UpstreamSettings) -> Result<reqwest::Client, ConfigError> {
+pub fn http_client(settings: &UpstreamSettings) -> Result<reqwest::Client, Invalid> {
     // No transparent decompression: the SDK's ranged downloads need the bytes as stored (the
     // gzip feature is on through the SDK's own reqwest features).
     let mut builder = reqwest::Client::builder()
@@ -25,17 +25,17 @@ pub fn http_client(settings: &UpstreamSettings) -> Result<reqwest::Client, Confi
         .timeout(settings.timeout)
         .pool_idle_timeout(std::time::Duration::from_secs(60));
     if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read(path).map_err(|e| ConfigError::Invalid {
+        let pem = std::fs::read(path).map_err(|e| Invalid {
             key: "upstream.ca_file".into(),
             message: format!("cannot read {}: {}", path.display(), e.kind()),
         })?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|_| ConfigError::Invalid {
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|_| Invalid {
             key: "upstream.ca_file".into(),
             message: "not a PEM certificate".into(),
         })?;
         builder = builder.add_root_certificate(cert);
     }
-    builder.build().map_err(|e| ConfigError::Invalid {
+    builder.build().map_err(|e| Invalid {
         key: "upstream".into(),
         message: format!("cannot build the HTTP client: {e}"),
     })
@@ -215,17 +215,23 @@ pub struct AzureBackend {
     pub health: Vec<Arc<dyn crate::source::HealthCheck>>,
 }
 
+/// What the Azure parts are built from: the configured sections, and the one HTTP client.
+pub struct AzureSettings<'a> {
+    pub storage: &'a StorageSettings,
+    pub links: &'a LinkSettings,
+    pub credential: Option<&'a CredentialSettings>,
+    pub upstream: &'a UpstreamSettings,
+}
+
 impl AzureBackend {
-    pub fn new(settings: &crate::config::Settings) -> Result<Self, ConfigError> {
+    pub fn new(settings: AzureSettings<'_>, http: reqwest::Client) -> Result<Self, Invalid> {
         use crate::config::{LinkMode, StorageAuth};
         use blob::{AzureBlobStore, BlobEndpoint, StorageAccess};
         use links::{AccountKeySasLinker, LinkBase, PublicLinker, UserDelegationLinker, Validity};
 
-        let http = http_client(&settings.upstream)?;
-        let options = client_options(&settings.upstream, &http);
+        let options = client_options(settings.upstream, &http);
         let credential = settings
             .credential
-            .as_ref()
             .map(|c| credential::build(c, &options))
             .transpose()?;
         let signer = settings
@@ -233,11 +239,9 @@ impl AzureBackend {
             .account_key
             .as_ref()
             .map(|key| {
-                sas::AccountKeySigner::new(&settings.storage.account, key).map_err(|e| {
-                    ConfigError::Invalid {
-                        key: "storage.account_key".into(),
-                        message: e.to_string(),
-                    }
+                sas::AccountKeySigner::new(&settings.storage.account, key).map_err(|e| Invalid {
+                    key: "storage.account_key".into(),
+                    message: e.to_string(),
                 })
             })
             .transpose()?;
@@ -246,7 +250,7 @@ impl AzureBackend {
         } else {
             sas::SasProtocol::Https
         };
-        let missing = |key: &str| ConfigError::Invalid {
+        let missing = |key: &str| Invalid {
             key: key.into(),
             message: "is required by the configured modes".into(),
         };

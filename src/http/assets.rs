@@ -22,7 +22,7 @@ pub async fn list(
     path: AssetPath,
     request: Request,
 ) -> Result<Response, Problem> {
-    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let resolved = state.resolver.resolve(path.id()).await?;
     let (request, _) = request.into_parts();
     let request = request.headers;
     let gzip = accepts_gzip(&request);
@@ -68,7 +68,7 @@ pub async fn storyboard_vtt(
     State(state): State<AppState>,
     path: AssetPath,
 ) -> Result<Response, Problem> {
-    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let resolved = state.resolver.resolve(path.id()).await?;
     let body = resolved.storyboard_vtt().ok_or_else(no_storyboard)?;
     Ok(storyboard_response(
         body,
@@ -82,14 +82,14 @@ pub async fn storyboard_json(
     State(state): State<AppState>,
     path: AssetPath,
 ) -> Result<Response, Problem> {
-    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let resolved = state.resolver.resolve(path.id()).await?;
     let body = resolved.storyboard_json().ok_or_else(no_storyboard)?;
     Ok(storyboard_response(body, "application/json", &resolved))
 }
 
 /// `DELETE /assets/{assetId}/cache`: forget the asset; the next request loads it afresh.
 pub async fn invalidate(State(state): State<AppState>, path: AssetPath) -> StatusCode {
-    state.resolver.invalidate_str(path.id()).await;
+    state.resolver.invalidate(path.id()).await;
     StatusCode::NO_CONTENT
 }
 
@@ -154,7 +154,7 @@ pub async fn thumbnail(
 ) -> Result<Response, Problem> {
     let index = parse_index(path.index().unwrap_or_default())?;
     let (label, width) = (query.label()?, query.width()?);
-    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let resolved = state.resolver.resolve(path.id()).await?;
     let chosen = choose_rendition(resolved.at_index(index), label, width).ok_or_else(|| {
         let detail = match label {
             Some(l) if resolved.indices().any(|i| i == index) => {
@@ -174,7 +174,7 @@ pub async fn poster(
     query: QueryParams,
 ) -> Result<Response, Problem> {
     let (time, label, width) = (query.time()?, query.label()?, query.width()?);
-    let resolved = state.resolver.resolve_str(path.id()).await?;
+    let resolved = state.resolver.resolve(path.id()).await?;
     let Some(first) = resolved.indices().next() else {
         return Err(Problem::new(
             Kind::NoThumbnails,

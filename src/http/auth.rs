@@ -2,9 +2,8 @@
 //! for rotation) and, when `auth.jwt` is set, Entra ID bearer tokens ([`jwt`]) per route group,
 //! and a per-identity rate limit.
 //!
-//! Groups: `public` (the demo page, the spec, `/healthz`, local sample files — an `<img>`
-//! cannot send a key), `ops` (`/readyz`, `/metrics`), `admin` (cache invalidation: always a
-//! key or token with the admin role), `api` (everything else).
+//! Which credential a route needs is its [`Access`] in the route table (`routes.rs`): the gate
+//! hands the matched route's access to [`Guard::check`]; nothing here looks at paths.
 //!
 //! `auth.api = "api-key"` (likewise `auth.ops`) means "a credential with the group's role is
 //! required": an API key, or, when `auth.jwt` is configured, an Entra ID token whose app roles
@@ -12,18 +11,17 @@
 //! `auth.jwt` is configured and X has the JWT form (three base64url parts), it is validated as
 //! a token; else it is a wrong key. `x-api-key` is always a key.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, header};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::problem::{Kind, Problem};
+use super::rate_limit::RateLimiter;
+use super::routes::Access;
 use crate::config::{AuthMode, AuthSettings, RateLimitSettings, Role};
 
 #[path = "jwt.rs"]
@@ -59,31 +57,6 @@ impl Identity {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Group {
-    Public,
-    Ops,
-    Admin,
-    Api,
-}
-
-fn group(method: &Method, path: &str) -> Group {
-    match path {
-        "/" | "/healthz" | "/openapi.yaml" => Group::Public,
-        "/readyz" | "/metrics" => Group::Ops,
-        _ if path.starts_with("/demo/") || path.starts_with("/local/") => Group::Public,
-        _ if *method == Method::DELETE && path.ends_with("/cache") => Group::Admin,
-        // Generation is a write; job states belong to whoever may generate.
-        _ if (*method == Method::POST && path.ends_with("/thumbnails:generate"))
-            || ((*method == Method::GET || *method == Method::HEAD)
-                && path.starts_with("/jobs/")) =>
-        {
-            Group::Admin
-        }
-        _ => Group::Api,
-    }
-}
-
 struct Key {
     name: String,
     hash: [u8; 32],
@@ -99,31 +72,18 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// API keys only.
-    pub fn new(auth: &AuthSettings, rate: &RateLimitSettings) -> Self {
-        Self::with_jwt(auth, rate, None)
-    }
-
     /// API keys, and Entra ID bearer tokens when `jwt` is given.
-    pub fn with_jwt(
-        auth: &AuthSettings,
-        rate: &RateLimitSettings,
-        jwt: Option<JwtValidator>,
-    ) -> Self {
+    pub fn new(auth: &AuthSettings, rate: &RateLimitSettings, jwt: Option<JwtValidator>) -> Self {
         let keys = auth
             .api_keys
             .iter()
-            .map(|k| {
-                let mut hash = [0u8; 32];
-                for (i, byte) in hash.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(&k.sha256[2 * i..2 * i + 2], 16)
-                        .expect("validated as hex");
-                }
-                Key {
+            // A key whose digest is not 64 hex digits was refused with the settings.
+            .filter_map(|k| {
+                Some(Key {
                     name: k.name.clone(),
-                    hash,
+                    hash: k.digest()?,
                     roles: k.roles.clone(),
-                }
+                })
             })
             .collect();
         Self {
@@ -131,8 +91,7 @@ impl Guard {
             jwt,
             api: auth.api,
             ops: auth.ops,
-            limiter: (rate.requests_per_second > 0.0)
-                .then(|| RateLimiter::new(rate.requests_per_second, rate.burst)),
+            limiter: RateLimiter::new(rate),
         }
     }
 
@@ -142,12 +101,7 @@ impl Guard {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for key in &self.keys {
-            let diff = key
-                .hash
-                .iter()
-                .zip(digest.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if bool::from(key.hash.ct_eq(&digest)) {
                 found = Some(key);
             }
         }
@@ -230,8 +184,9 @@ pub(crate) enum Check {
 }
 
 impl Guard {
-    /// The guard's decision when it needs no await: anything but a bearer token to validate.
-    pub(crate) fn check(&self, request: &mut Request) -> Check {
+    /// The guard's decision for a route of `access` when it needs no await: anything but a
+    /// bearer token to validate.
+    pub(crate) fn check(&self, request: &mut Request, access: Access) -> Check {
         let identity = match self.credential(request) {
             Credential::Key(presented) => match self.identify(presented) {
                 Some(key) => Identity::Key {
@@ -246,13 +201,13 @@ impl Guard {
                 addr: client_addr(request),
             },
         };
-        self.admit(request, identity)
+        self.admit(request, identity, access)
     }
 
     /// The whole decision, bearer tokens included (never [`Check::Token`]).
-    pub(crate) async fn check_async(&self, request: &mut Request) -> Check {
+    pub(crate) async fn check_async(&self, request: &mut Request, access: Access) -> Check {
         let Credential::Token(token) = self.credential(request) else {
-            return self.check(request);
+            return self.check(request, access);
         };
         let validator = self
             .jwt
@@ -287,18 +242,17 @@ impl Guard {
                 );
             }
         };
-        self.admit(request, identity)
+        self.admit(request, identity, access)
     }
 
     /// Roles and rate limit for a known identity, which then goes into the request's
     /// extensions.
-    fn admit(&self, request: &mut Request, identity: Identity) -> Check {
-        let group = group(request.method(), request.uri().path());
-        let needed = match group {
-            Group::Public => None,
-            Group::Ops => (self.ops == AuthMode::ApiKey).then_some(Role::Ops),
-            Group::Api => (self.api == AuthMode::ApiKey).then_some(Role::Api),
-            Group::Admin => Some(Role::Admin),
+    fn admit(&self, request: &mut Request, identity: Identity, access: Access) -> Check {
+        let needed = match access {
+            Access::Public => None,
+            Access::Ops => (self.ops == AuthMode::ApiKey).then_some(Role::Ops),
+            Access::Api => (self.api == AuthMode::ApiKey).then_some(Role::Api),
+            Access::Admin => Some(Role::Admin),
         };
         if let Some(role) = needed {
             match &identity {
@@ -334,7 +288,7 @@ impl Guard {
                 Identity::Key { .. } | Identity::Token { .. } => {}
             }
         }
-        if group != Group::Public
+        if access != Access::Public
             && let Some(limiter) = &self.limiter
             && let Err(retry_after) = limiter.check(&identity.bucket())
         {
@@ -362,100 +316,4 @@ fn client_addr(request: &Request) -> Option<std::net::IpAddr> {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
-}
-
-/// The guard as an axum middleware (`middleware::from_fn_with_state`). The service itself runs
-/// the same checks inside its one middleware service (`http::gate`).
-pub async fn authenticate(
-    State(guard): State<Arc<Guard>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let checked = match guard.check(&mut request) {
-        Check::Token => guard.check_async(&mut request).await,
-        checked => checked,
-    };
-    match checked {
-        Check::Refuse(response) => response,
-        Check::Pass | Check::Token => next.run(request).await,
-    }
-}
-
-/// Token buckets per identity: `rate` tokens a second, up to `burst`.
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-/// Buckets not touched for this long are dropped (they would be full again anyway).
-const IDLE: Duration = Duration::from_secs(300);
-/// At most this many clients are tracked; a flood of new addresses evicts idle ones first.
-const MAX_BUCKETS: usize = 100_000;
-
-impl RateLimiter {
-    fn new(rate: f64, burst: u32) -> Self {
-        Self {
-            rate,
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes a token, or says how long until one is available.
-    fn check(&self, bucket: &str) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("not poisoned");
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(bucket) {
-            buckets.retain(|_, (_, seen)| now.duration_since(*seen) < IDLE);
-            if buckets.len() >= MAX_BUCKETS {
-                return Err(Duration::from_secs(1));
-            }
-        }
-        let (tokens, last) = buckets
-            .entry(bucket.to_owned())
-            .or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / self.rate))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups() {
-        assert_eq!(group(&Method::GET, "/healthz"), Group::Public);
-        assert_eq!(group(&Method::GET, "/local/a/b.jpg"), Group::Public);
-        assert_eq!(group(&Method::GET, "/metrics"), Group::Ops);
-        assert_eq!(group(&Method::DELETE, "/assets/x/cache"), Group::Admin);
-        assert_eq!(
-            group(&Method::POST, "/assets/x/thumbnails:generate"),
-            Group::Admin
-        );
-        assert_eq!(group(&Method::GET, "/jobs/ams-thumbnails-1"), Group::Admin);
-        assert_eq!(group(&Method::GET, "/assets/x/thumbnails"), Group::Api);
-        assert_eq!(group(&Method::POST, "/assets:batchGet"), Group::Api);
-    }
-
-    #[test]
-    fn token_bucket() {
-        let limiter = RateLimiter::new(10.0, 3);
-        for _ in 0..3 {
-            assert!(limiter.check("a").is_ok());
-        }
-        let wait = limiter.check("a").unwrap_err();
-        assert!(
-            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
-            "{wait:?}"
-        );
-        assert!(limiter.check("b").is_ok(), "buckets are per identity");
-    }
 }

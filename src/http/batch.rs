@@ -3,51 +3,35 @@
 
 use std::collections::HashSet;
 
-use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
 
 use super::AppState;
-use super::params::{body_bytes, is_json};
+use super::body::{Json, JsonBody};
 use super::problem::{Kind, Problem};
 use crate::asset_id::AssetId;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BatchRequest {
+pub struct BatchRequest {
     asset_ids: Vec<String>,
 }
 
 /// Lookups run at once per batch (the cache coalesces duplicates across requests anyway).
 const CONCURRENCY: usize = 16;
 
+impl JsonBody for BatchRequest {
+    const WRONG_SHAPE: &'static str = "has the wrong shape; expected {\"assetIds\": [\"...\"]}";
+    const NOT_JSON: &'static str = "is not valid JSON; expected {\"assetIds\": [\"...\"]}";
+}
+
 pub async fn batch_get(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    Json(request): Json<BatchRequest>,
 ) -> Result<Response, Problem> {
-    if !is_json(&headers) {
-        return Err(Problem::new(
-            Kind::UnsupportedMediaType,
-            "the body must be application/json",
-        ));
-    }
-    let body = body_bytes(body)?;
-    // The detail names what is wrong, never echoes the client's bytes.
-    let request: BatchRequest = serde_json::from_slice(&body).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "has the wrong shape",
-            _ => "is not valid JSON",
-        };
-        Problem::new(
-            Kind::InvalidBody,
-            format!("the body {what}; expected {{\"assetIds\": [\"...\"]}}"),
-        )
-    })?;
     // Duplicates are resolved (and answered) once, in order of first appearance.
     let mut seen = HashSet::new();
     let ids: Vec<String> = request
@@ -55,7 +39,7 @@ pub async fn batch_get(
         .into_iter()
         .filter(|id| seen.insert(id.clone()))
         .collect();
-    let limit = state.settings.api.batch_limit;
+    let limit = state.api.batch_limit;
     if ids.len() > limit {
         return Err(Problem::new(
             Kind::InvalidBody,

@@ -10,15 +10,16 @@
 //!   carries it.
 //! - [`Gate`] (innermost, after tracing, the panic guard and CORS): request count and latency
 //!   by route template, `nosniff`/`no-referrer` on every answer, the hostile-input limits, the
-//!   auth guard, load shedding and the request timeout. Only a bearer token to validate or a
-//!   full admission queue take a boxed, asynchronous path; the timeout's timer is armed only
-//!   when the handler does not answer on its first poll.
+//!   auth guard, load shedding and the request timeout. The guard and shedding apply the
+//!   matched route's [`Policy`] from the route table; a path that matches no route goes
+//!   straight to the `404` fallback. Only a bearer token to validate or a full admission queue
+//!   take a boxed, asynchronous path; the timeout's timer is armed only when the handler does
+//!   not answer on its first poll.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::REQUEST_ID;
 use super::auth::{Check, Guard};
 use super::problem::{Kind, Problem};
+use super::routes::{Policies, Policy, Shedding};
 use crate::config::ServerSettings;
 
 // --- Request ids ---------------------------------------------------------------------------
@@ -151,15 +153,17 @@ struct Shared {
     timeout: Duration,
     admission: Admission,
     guard: Arc<Guard>,
+    policies: Arc<Policies>,
 }
 
 impl Gate {
-    pub fn new(server: &ServerSettings, guard: Arc<Guard>) -> Self {
+    pub fn new(server: &ServerSettings, guard: Arc<Guard>, policies: Arc<Policies>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 timeout: server.request_timeout,
                 admission: Admission::new(server),
                 guard,
+                policies,
             }),
         }
     }
@@ -195,19 +199,21 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let policy = self.shared.policies.of(route.as_ref());
         let finish = Finish {
             started: Instant::now(),
-            route: request.extensions().get::<MatchedPath>().cloned(),
+            route,
             method: request.method().clone(),
         };
-        let state = match self.enter(&mut request) {
+        let state = match self.enter(&mut request, policy) {
             Entered::Refused(response) => State::Done(Some(response)),
             Entered::Admitted(permit) => State::Running {
                 future: self.inner.call(request),
                 _permit: permit,
                 timer: None,
             },
-            Entered::Slow { token } => {
+            Entered::Slow { token, policy } => {
                 // The ready service goes into the boxed path; a clone stays for the next call.
                 let inner = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, inner);
@@ -216,6 +222,7 @@ where
                     inner,
                     request,
                     token,
+                    policy,
                 )))
             }
         };
@@ -234,41 +241,63 @@ enum Entered {
     /// A bearer token to validate, or no permit free at once: wait for it.
     Slow {
         token: bool,
+        policy: Policy,
     },
 }
 
 impl<S> GateService<S> {
-    /// Limits, then the guard, then admission, without waiting.
-    fn enter(&self, request: &mut Request) -> Entered {
+    /// Limits, then the matched route's guard, then admission, without waiting. A path that
+    /// matched no route goes on to the `404` fallback: it needs no credential, and takes no
+    /// permit (nothing runs for it).
+    fn enter(&self, request: &mut Request, policy: Option<Policy>) -> Entered {
         if let Some(problem) = limits(request) {
             return Entered::Refused(problem.into_response());
         }
-        match self.shared.guard.check(request) {
+        let Some(policy) = policy else {
+            return Entered::Admitted(None);
+        };
+        match self.shared.guard.check(request, policy.access) {
             Check::Pass => {}
             Check::Refuse(response) => return Entered::Refused(response),
-            Check::Token => return Entered::Slow { token: true },
+            Check::Token => {
+                return Entered::Slow {
+                    token: true,
+                    policy,
+                };
+            }
         }
-        if exempt_from_shedding(request) {
+        if policy.shedding == Shedding::Exempt {
             return Entered::Admitted(None);
         }
         match self.shared.admission.permits.clone().try_acquire_owned() {
             Ok(permit) => Entered::Admitted(Some(permit)),
-            Err(_) => Entered::Slow { token: false },
+            Err(_) => Entered::Slow {
+                token: false,
+                policy,
+            },
         }
     }
 }
 
 /// The asynchronous path: validate a bearer token, wait in the admission queue, then run the
 /// handler under the request timeout.
-async fn slow_path<S>(shared: Arc<Shared>, inner: S, mut request: Request, token: bool) -> Response
+async fn slow_path<S>(
+    shared: Arc<Shared>,
+    inner: S,
+    mut request: Request,
+    token: bool,
+    policy: Policy,
+) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
 {
-    if token && let Check::Refuse(response) = shared.guard.check_async(&mut request).await {
+    if token
+        && let Check::Refuse(response) = shared.guard.check_async(&mut request, policy.access).await
+    {
         return response;
     }
-    let _permit = if exempt_from_shedding(&request) {
+    let _permit = if policy.shedding == Shedding::Exempt {
         None
     } else {
         match shared.admission.admit().await {
@@ -409,7 +438,7 @@ fn uri_len(uri: &axum::http::Uri) -> usize {
 
 /// Load shedding: `max_concurrent_requests` at once, `max_queued_requests` waiting (each at
 /// most `queue_timeout`); beyond, `503 overloaded` at once rather than every request timing
-/// out. Probes and metrics are never shed.
+/// out. Routes whose policy says so (probes, metrics) are never shed.
 struct Admission {
     permits: Arc<Semaphore>,
     queued: AtomicUsize,
@@ -446,10 +475,6 @@ impl Admission {
     }
 }
 
-fn exempt_from_shedding(request: &Request) -> bool {
-    matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics")
-}
-
 fn overloaded() -> Response {
     metrics::counter!("http_requests_shed_total").increment(1);
     let mut problem = Problem::new(
@@ -475,7 +500,7 @@ fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
     /// Label sets cached per thread; past this, handles are looked up per request (label sets
     /// are bounded by routes, methods and statuses, so this is a guard, not a limit in use).
     const MAX_CACHED: usize = 1024;
-    type ByRoute = HashMap<Box<str>, Vec<Handles>, BuildHasherDefault<Fnv>>;
+    type ByRoute = HashMap<Box<str>, Vec<Handles>, foldhash::fast::RandomState>;
     thread_local! {
         static CACHED: RefCell<(usize, ByRoute)> = RefCell::default();
     }
@@ -503,27 +528,6 @@ fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
             });
         }
     });
-}
-
-/// FNV-1a: the keys are route templates (a few dozen bytes, not caller-controlled).
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
 }
 
 #[cfg(test)]

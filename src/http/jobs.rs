@@ -3,16 +3,15 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
-use super::params::{AssetPath, body_bytes, capture, is_json, path_params};
+use super::body::{Json, JsonBody};
+use super::params::{AssetPath, capture, path_params};
 use super::problem::{Kind, Problem};
 use crate::jobs::{GenerateRequest, Job, JobFailure, JobsError};
 use crate::url_path::encode_segment;
@@ -25,18 +24,16 @@ pub const GENERATE_BODY_LIMIT: usize = 4 * 1024;
 pub async fn generate(
     State(state): State<AppState>,
     path: AssetPath,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Json<GenerateRequest>, Problem>,
 ) -> Result<Response, Problem> {
+    // Without an encoder the body does not matter: the answer is 501 whatever it holds.
     let jobs = state.jobs.as_ref().ok_or_else(|| {
         Problem::from(JobsError::Unsupported {
-            kind: source_kind(&state),
+            kind: state.source_kind,
         })
     })?;
-    let request = parse_body(&headers, body)?;
-    // `AssetPath` validated the id already.
-    let id = crate::asset_id::AssetId::from_validated(path.id());
-    let submitted = jobs.generate(&id, &request).await?;
+    let Json(request) = body?;
+    let submitted = jobs.generate(path.id(), &request).await?;
     Ok(job_response(
         &submitted.job,
         jobs.backend(),
@@ -50,7 +47,7 @@ pub async fn generate(
 pub async fn status(State(state): State<AppState>, name: JobName) -> Result<Response, Problem> {
     let jobs = state.jobs.as_ref().ok_or_else(|| {
         Problem::from(JobsError::Unsupported {
-            kind: source_kind(&state),
+            kind: state.source_kind,
         })
     })?;
     let status = jobs.status(&name.0).await?;
@@ -67,41 +64,15 @@ pub async fn status(State(state): State<AppState>, name: JobName) -> Result<Resp
     ))
 }
 
-fn source_kind(state: &AppState) -> &'static str {
-    match state.settings.source {
-        crate::config::SourceSettings::Local(_) => "local",
-        crate::config::SourceSettings::Storage(_) => "storage",
-        crate::config::SourceSettings::Ams(_) => "ams",
-        crate::config::SourceSettings::Mkio(_) => "mkio",
-    }
-}
+/// No body (or an empty one): every default.
+impl JsonBody for GenerateRequest {
+    const WRONG_SHAPE: &'static str = "has an unknown field or a value of the wrong type; \
+         fields: start, step, range, width, height, format (strings), spriteColumns (a number)";
+    const NOT_JSON: &'static str = "is not valid JSON";
 
-/// No body (or an empty one): every default. Otherwise JSON of [`GenerateRequest`].
-fn parse_body(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<GenerateRequest, Problem> {
-    let body = body_bytes(body)?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(GenerateRequest::default());
+    fn when_empty() -> Option<Self> {
+        Some(GenerateRequest::default())
     }
-    if !is_json(headers) {
-        return Err(Problem::new(
-            Kind::UnsupportedMediaType,
-            "the body must be application/json",
-        ));
-    }
-    // The detail names what is wrong, never echoes the client's bytes.
-    serde_json::from_slice(&body).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => {
-                "has an unknown field or a value of the wrong type; fields: start, step, \
-                 range, width, height, format (strings), spriteColumns (a number)"
-            }
-            _ => "is not valid JSON",
-        };
-        Problem::new(Kind::InvalidBody, format!("the body {what}"))
-    })
 }
 
 /// `{jobName}`, as given (checked by the job service).

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
-use url::Url;
+use serde::Deserialize;
 
-use crate::config::Role;
+pub use crate::config::JwtSettings;
+use crate::config::{JwtAlgorithm, Role};
 
 /// Largest JWKS document read (Entra's is a few KiB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -32,134 +32,10 @@ const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// outage of the JWKS endpoint at start-up must not lock token holders out for the cooldown.
 const FAILED_FETCH_RETRY: Duration = Duration::from_secs(10);
 
-/// `[auth.jwt]`: which Entra ID tokens are accepted, and what they may do.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtSettings {
-    /// The `iss` every token must carry, e.g. `https://login.microsoftonline.com/{tenant}/v2.0`
-    /// (v2.0 tokens; v1.0 tokens say `https://sts.windows.net/{tenant}/`).
-    pub issuer: String,
-    /// Accepted `aud` values (any of): the API's application (client) id and/or its
-    /// Application ID URI (`api://...`).
-    pub audiences: Vec<String>,
-    /// The tenant's signing keys, e.g.
-    /// `https://login.microsoftonline.com/{tenant}/discovery/v2.0/keys`.
-    pub jwks_url: Url,
-    /// Accepted signature algorithms (Entra ID signs with RS256).
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<JwtAlgorithm>,
-    /// Clock skew tolerated on `exp` and `nbf`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
-    pub leeway: Duration,
-    /// App roles (`roles` claim) or delegated scopes (`scp` claim) granting the `api` role.
-    /// Empty: every valid token for the audience may call the asset routes (then limit who can
-    /// get one, e.g. "Assignment required" on the enterprise application).
-    #[serde(default)]
-    pub api_roles: Vec<String>,
-    /// App roles or scopes granting the `admin` role (cache invalidation). Empty: none.
-    #[serde(default)]
-    pub admin_roles: Vec<String>,
-    /// App roles or scopes granting the `ops` role (`/readyz`, `/metrics`). Empty: none.
-    #[serde(default)]
-    pub ops_roles: Vec<String>,
-    /// Least time between two JWKS fetches made for an unknown `kid` (or after a failure).
-    #[serde(default = "default_cooldown", with = "humantime_serde")]
-    pub jwks_refresh_cooldown: Duration,
-    /// How long fetched keys are used before the JWKS is fetched again.
-    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
-    pub jwks_cache_ttl: Duration,
-}
-
-fn default_algorithms() -> Vec<JwtAlgorithm> {
-    vec![JwtAlgorithm::Rs256]
-}
-
-fn default_leeway() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_cooldown() -> Duration {
-    Duration::from_secs(300)
-}
-
-fn default_cache_ttl() -> Duration {
-    Duration::from_secs(3600)
-}
-
-impl JwtSettings {
-    /// Checks what serde cannot; `prefix` is the settings key (`auth.jwt`) for messages.
-    /// Returns (key, message) of the first problem.
-    pub fn check(&self, prefix: &str) -> Result<(), (String, String)> {
-        let err = |key: &str, message: &str| Err((format!("{prefix}.{key}"), message.to_owned()));
-        if self.issuer.trim().is_empty() {
-            return err("issuer", "must not be empty");
-        }
-        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.trim().is_empty()) {
-            return err("audiences", "needs at least one non-empty audience");
-        }
-        if self.jwks_url.scheme() != "https" {
-            return err("jwks_url", "must be https");
-        }
-        if self.algorithms.is_empty() {
-            return err("algorithms", "needs at least one algorithm");
-        }
-        if self.jwks_cache_ttl.is_zero() {
-            return err("jwks_cache_ttl", "must be positive");
-        }
-        Ok(())
-    }
-
-    /// Whether some token can hold `role` (for the start-up check that a group requiring a
-    /// credential can be reached at all).
-    pub fn grants(&self, role: Role) -> bool {
-        match role {
-            Role::Api => true,
-            Role::Admin => !self.admin_roles.is_empty(),
-            Role::Ops => !self.ops_roles.is_empty(),
-        }
-    }
-
-    /// The roles a token's app roles and scopes grant (empty `api_roles`: `api` for all).
-    fn roles_for(&self, granted: &[&str]) -> Vec<Role> {
-        let mut roles = Vec::new();
-        for (role, names) in [
-            (Role::Api, &self.api_roles),
-            (Role::Admin, &self.admin_roles),
-            (Role::Ops, &self.ops_roles),
-        ] {
-            let open = role == Role::Api && names.is_empty();
-            if open || names.iter().any(|n| granted.contains(&n.as_str())) {
-                roles.push(role);
-            }
-        }
-        roles
-    }
-}
-
-/// Signature algorithms a JWKS key may be used with (no HMAC: the keys are public).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JwtAlgorithm {
-    #[serde(rename = "RS256")]
-    Rs256,
-    #[serde(rename = "RS384")]
-    Rs384,
-    #[serde(rename = "RS512")]
-    Rs512,
-    #[serde(rename = "PS256")]
-    Ps256,
-    #[serde(rename = "PS384")]
-    Ps384,
-    #[serde(rename = "PS512")]
-    Ps512,
-    #[serde(rename = "ES256")]
-    Es256,
-    #[serde(rename = "ES384")]
-    Es384,
-}
-
-impl JwtAlgorithm {
-    fn algorithm(self) -> Algorithm {
-        match self {
+/// The `jsonwebtoken` algorithm of a configured one.
+fn algorithm(configured: JwtAlgorithm) -> Algorithm {
+    {
+        match configured {
             JwtAlgorithm::Rs256 => Algorithm::RS256,
             JwtAlgorithm::Rs384 => Algorithm::RS384,
             JwtAlgorithm::Rs512 => Algorithm::RS512,
@@ -264,7 +140,7 @@ impl JwtValidator {
             .algorithms
             .iter()
             .map(|a| {
-                let alg = a.algorithm();
+                let alg = algorithm(*a);
                 let mut validation = Validation::new(alg);
                 validation.set_issuer(&[settings.issuer.as_str()]);
                 validation.set_audience(&settings.audiences);
@@ -499,63 +375,5 @@ mod tests {
         assert!(!looks_like_jwt("a..c"));
         assert!(!looks_like_jwt("a.b.c="));
         assert!(!looks_like_jwt("a.b+.c"));
-    }
-
-    fn settings(api_roles: &[&str]) -> JwtSettings {
-        toml_settings(&format!(
-            "issuer = \"https://login.microsoftonline.com/t/v2.0\"\naudiences = [\"api://x\"]\n\
-             jwks_url = \"https://login.microsoftonline.com/t/discovery/v2.0/keys\"\n\
-             api_roles = {api_roles:?}\nadmin_roles = [\"Thumbnails.Admin\"]\n"
-        ))
-    }
-
-    fn toml_settings(text: &str) -> JwtSettings {
-        use figment::providers::{Format, Toml};
-        figment::Figment::from(Toml::string(text))
-            .extract()
-            .expect("valid settings")
-    }
-
-    #[test]
-    fn defaults_and_roles() {
-        let s = settings(&["Thumbnails.Read"]);
-        assert_eq!(s.algorithms, vec![JwtAlgorithm::Rs256]);
-        assert_eq!(s.leeway, Duration::from_secs(60));
-        assert_eq!(s.jwks_refresh_cooldown, Duration::from_secs(300));
-        assert_eq!(s.jwks_cache_ttl, Duration::from_secs(3600));
-        assert!(s.check("auth.jwt").is_ok());
-        assert_eq!(s.roles_for(&["Thumbnails.Read"]), vec![Role::Api]);
-        assert_eq!(
-            s.roles_for(&["Thumbnails.Read", "Thumbnails.Admin"]),
-            vec![Role::Api, Role::Admin]
-        );
-        assert!(s.roles_for(&["Other"]).is_empty());
-        // No api_roles: every valid token may call the API, but admin still needs its role.
-        assert_eq!(settings(&[]).roles_for(&[]), vec![Role::Api]);
-        assert!(s.grants(Role::Api) && s.grants(Role::Admin) && !s.grants(Role::Ops));
-    }
-
-    #[test]
-    fn settings_are_checked() {
-        use figment::providers::{Format, Toml};
-        let http = "issuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"http://x/keys\"\n";
-        assert_eq!(
-            toml_settings(http).check("auth.jwt").unwrap_err().0,
-            "auth.jwt.jwks_url"
-        );
-        let hmac = format!("{http}algorithms = [\"HS256\"]\n");
-        assert!(
-            figment::Figment::from(Toml::string(&hmac))
-                .extract::<JwtSettings>()
-                .is_err(),
-            "HMAC is not an accepted algorithm"
-        );
-        let unknown = format!("{http}audience = \"a\"\n");
-        assert!(
-            figment::Figment::from(Toml::string(&unknown))
-                .extract::<JwtSettings>()
-                .is_err(),
-            "unknown keys are refused"
-        );
     }
 }

@@ -7,25 +7,22 @@ use axum::http::request::Parts;
 use super::problem::{Kind, Problem};
 use crate::asset_id::AssetId;
 
-/// `{assetId}` (and `{index}`, where the route has it), validated before any backend call.
-/// The captures are kept as axum parsed them: no copy of the id is made for a cache hit.
+/// `{assetId}` (and `{index}`, where the route has it): the id parsed into an [`AssetId`] here,
+/// at the edge, before any backend call; everything below takes that type and never checks
+/// the text again.
 #[derive(Debug)]
 pub struct AssetPath {
+    id: AssetId,
     params: RawPathParams,
 }
 
 impl AssetPath {
-    /// The asset id, valid by [`AssetId::validate`].
-    pub fn id(&self) -> &str {
-        self.get("assetId").unwrap_or_default()
+    pub fn id(&self) -> &AssetId {
+        &self.id
     }
 
     pub fn index(&self) -> Option<&str> {
-        self.get("index")
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        capture(&self.params, name)
+        capture(&self.params, "index")
     }
 }
 
@@ -59,33 +56,10 @@ impl<S: Send + Sync> FromRequestParts<S> for AssetPath {
             )
         })
         .await?;
-        let path = Self { params };
-        AssetId::validate(path.id())
+        let id = AssetId::parse(capture(&params, "assetId").unwrap_or_default())
             .map_err(|e| Problem::new(Kind::InvalidAssetId, e.to_string()))?;
-        Ok(path)
+        Ok(Self { id, params })
     }
-}
-
-/// Whether the request says its body is JSON (`application/json`, with any parameters).
-pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
-}
-
-/// The request body, or why it could not be read (`413` past the route's body limit).
-pub fn body_bytes(
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::body::Bytes, Problem> {
-    body.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::new(Kind::PayloadTooLarge, "the request body is too large")
-        } else {
-            Problem::new(Kind::InvalidBody, "the request body could not be read")
-        }
-    })
 }
 
 /// The query string as key/value pairs (later duplicates win).

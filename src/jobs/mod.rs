@@ -16,6 +16,7 @@
 
 pub mod ams;
 pub mod mkio;
+mod names;
 pub mod spec;
 
 use std::sync::Arc;
@@ -25,66 +26,23 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::asset_id::AssetId;
+use crate::config::Invalid;
+pub use crate::config::JobSettings;
 use crate::source::rest::{Refusal, RestClient};
 use crate::source::{AssetRecord, SourceError};
+pub use names::Names;
 pub use spec::{GenerateDefaults, GenerateRequest, InvalidSpec, ThumbnailSpec};
 
 /// New attempts made after failed ones before giving up.
 pub const MAX_ATTEMPTS: u32 = 5;
-/// Longest input-name part of an output asset name.
-const MAX_OUTPUT_BASE: usize = 200;
 
-/// `[jobs]`: thumbnail generation (sources `ams` and `mkio`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobSettings {
-    /// Prefix of the transforms and jobs this service creates.
-    pub name_prefix: String,
-    /// `Retry-After` on answers about jobs still running: how often clients should poll.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// AMS: api-version of Transforms and Jobs (Encoding.json).
-    pub transform_api_version: String,
-    /// What a request leaves out.
-    pub defaults: GenerateDefaults,
-}
-
-impl Default for JobSettings {
-    fn default() -> Self {
-        Self {
-            name_prefix: "ams-thumbnails".into(),
-            poll_interval: Duration::from_secs(5),
-            transform_api_version: "2022-07-01".into(),
-            defaults: GenerateDefaults::default(),
-        }
-    }
-}
-
-impl JobSettings {
-    /// Checks the prefix and the defaults (as if a request had left every field out).
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
-        let prefix_ok = !self.name_prefix.is_empty()
-            && self.name_prefix.len() <= 40
-            && self
-                .name_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !self.name_prefix.starts_with('-')
-            && !self.name_prefix.ends_with('-');
-        if !prefix_ok {
-            return Err(crate::config::ConfigError::Invalid {
-                key: "jobs.name_prefix".into(),
-                message: "must be 1 to 40 letters, digits or inner hyphens".into(),
-            });
-        }
-        ThumbnailSpec::resolve(&GenerateRequest::default(), &self.defaults).map_err(|e| {
-            crate::config::ConfigError::Invalid {
-                key: format!("jobs.defaults.{}", snake(e.field)),
-                message: e.message,
-            }
-        })?;
-        Ok(())
-    }
+/// Checks `[jobs]`: the section's own checks, then the defaults as if a request had left
+/// every field out (they are understood here, not in configuration).
+pub fn check_settings(settings: &JobSettings) -> Result<(), Invalid> {
+    settings.validate()?;
+    ThumbnailSpec::resolve(&GenerateRequest::default(), &settings.defaults)
+        .map_err(|e| Invalid::new(format!("jobs.defaults.{}", snake(e.field)), e.message))?;
+    Ok(())
 }
 
 fn snake(field: &str) -> String {
@@ -395,70 +353,6 @@ impl Jobs {
     }
 }
 
-/// The names of one asset's generation under one specification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    pub transform: String,
-    /// Job name of the first attempt.
-    job_base: String,
-    pub output: String,
-    /// The output's container where the backend lets us name it (MK.IO).
-    pub output_container: String,
-}
-
-impl Names {
-    pub fn new(prefix: &str, spec: &ThumbnailSpec, input: &str) -> Self {
-        let s = spec.digest();
-        let i = spec::hex_digest(input.as_bytes(), 12);
-        let output = if input.chars().count() <= MAX_OUTPUT_BASE {
-            format!("{input}-thumbnails-{s}")
-        } else {
-            let cut: String = input.chars().take(MAX_OUTPUT_BASE).collect();
-            format!("{cut}-{i}-thumbnails-{s}")
-        };
-        Self {
-            transform: format!("{prefix}-{s}"),
-            job_base: format!("{prefix}-{s}-{i}"),
-            output,
-            output_container: format!("thumbnails-{s}-{i}"),
-        }
-    }
-
-    /// The job name of attempt `n` (1-based).
-    pub fn job(&self, attempt: u32) -> String {
-        if attempt <= 1 {
-            self.job_base.clone()
-        } else {
-            format!("{}-{attempt}", self.job_base)
-        }
-    }
-
-    fn stripe(&self, stripes: usize) -> usize {
-        let digest = spec::hex_digest(self.job_base.as_bytes(), 8);
-        usize::from_str_radix(&digest, 16).unwrap_or(0) % stripes
-    }
-
-    /// The transform a job name of this service belongs to; `None` for other names.
-    pub fn transform_of(prefix: &str, job: &str) -> Option<String> {
-        let rest = job.strip_prefix(prefix)?.strip_prefix('-')?;
-        let mut parts = rest.split('-');
-        let s = parts.next()?;
-        let i = parts.next()?;
-        let attempt = parts.next();
-        let hex = |v: &str, n: usize| {
-            v.len() == n
-                && v.chars()
-                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
-        };
-        let attempt_ok = attempt.is_none_or(|a| {
-            a.parse::<u32>()
-                .is_ok_and(|n| (2..=MAX_ATTEMPTS).contains(&n) && !a.starts_with('0'))
-        });
-        (hex(s, 8) && hex(i, 12) && attempt_ok && parts.next().is_none())
-            .then(|| format!("{prefix}-{s}"))
-    }
-}
-
 // ---- the calls, the same on both APIs ----
 
 impl Jobs {
@@ -745,13 +639,13 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        assert!(JobSettings::default().validate().is_ok());
+        assert!(check_settings(&JobSettings::default()).is_ok());
         let bad = JobSettings {
             name_prefix: "bad prefix".into(),
             ..Default::default()
         };
         assert!(
-            bad.validate()
+            check_settings(&bad)
                 .unwrap_err()
                 .to_string()
                 .contains("jobs.name_prefix")
@@ -759,7 +653,7 @@ mod tests {
         let mut bad = JobSettings::default();
         bad.defaults.sprite_columns = 20;
         assert!(
-            bad.validate()
+            check_settings(&bad)
                 .unwrap_err()
                 .to_string()
                 .contains("jobs.defaults.sprite_columns")

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::config::GenerateDefaults;
+
 /// Most sprite columns (MK.IO's `spriteColumn` maximum; AMS accepts the same range).
 pub const MAX_SPRITE_COLUMNS: u32 = 10;
 /// Largest pixel size accepted for width or height.
@@ -28,34 +30,6 @@ pub struct GenerateRequest {
     pub format: Option<String>,
     /// Also produce a sprite of this many columns, with a WebVTT storyboard (0: none).
     pub sprite_columns: Option<u32>,
-}
-
-/// Defaults for what a request leaves out (`[jobs.defaults]`), checked at start-up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GenerateDefaults {
-    pub start: String,
-    pub step: String,
-    pub range: String,
-    /// "" for the source's own size.
-    pub width: String,
-    pub height: String,
-    pub format: String,
-    pub sprite_columns: u32,
-}
-
-impl Default for GenerateDefaults {
-    fn default() -> Self {
-        Self {
-            start: "0%".into(),
-            step: "10%".into(),
-            range: "100%".into(),
-            width: "25%".into(),
-            height: "25%".into(),
-            format: "jpg".into(),
-            sprite_columns: 0,
-        }
-    }
 }
 
 /// The image format of the thumbnails.

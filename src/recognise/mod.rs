@@ -13,19 +13,12 @@ use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 
-use crate::config::{LayerSize, RecognitionSettings, Timing};
+use crate::config::{Invalid, LayerSize, RecognitionSettings, Timing};
 use crate::model::{BlobEntry, StoryboardTile};
 pub use vtt::ParsedStoryboard;
 
 /// AMS truncates `{Basename}` to this many characters.
 const BASENAME_MAX: usize = 32;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key `{key}`: {message}")]
-pub struct PatternError {
-    pub key: String,
-    pub message: String,
-}
 
 /// A thumbnail as recognised, before it gets a URL.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,9 +71,9 @@ struct Reading {
 }
 
 impl Recogniser {
-    pub fn new(settings: &RecognitionSettings) -> Result<Self, PatternError> {
+    pub fn new(settings: &RecognitionSettings) -> Result<Self, Invalid> {
         if settings.patterns.is_empty() {
-            return Err(PatternError {
+            return Err(Invalid {
                 key: "recognition.patterns".into(),
                 message: "at least one pattern is needed".into(),
             });
@@ -90,7 +83,7 @@ impl Recogniser {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                compile(p).map_err(|message| PatternError {
+                compile(p).map_err(|message| Invalid {
                     key: format!("recognition.patterns[{i}]"),
                     message,
                 })
@@ -100,7 +93,7 @@ impl Recogniser {
         for (i, e) in settings.extensions.iter().enumerate() {
             let e = e.trim_start_matches('.').to_ascii_lowercase();
             if e.is_empty() || !e.chars().all(|c| c.is_ascii_alphanumeric()) {
-                return Err(PatternError {
+                return Err(Invalid {
                     key: format!("recognition.extensions[{i}]"),
                     message: "must be letters and digits, like \"jpg\"".into(),
                 });

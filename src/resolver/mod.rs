@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 pub mod render;
 
 use crate::asset_id::AssetId;
-use crate::config::{CacheSettings, Settings};
+use crate::config::CacheSettings;
 use crate::model::{AssetThumbnails, Link, Storyboard, Thumbnail, content_type_for};
 use crate::recognise::{ParsedStoryboard, Recogniser, vtt};
 use crate::source::{AssetLocation, Backend, SourceError};
@@ -573,9 +573,16 @@ impl std::ops::Deref for Resolution {
 }
 
 impl Resolver {
-    pub fn new(settings: &Settings, backend: Backend) -> Self {
+    /// A resolver over `backend`: `policy` bounds the cache, `refresh_deadline` a background
+    /// refresh (no request timeout bounds one), `recogniser` reads the blob names.
+    pub fn new(
+        policy: CacheSettings,
+        refresh_deadline: Duration,
+        recogniser: Recogniser,
+        backend: Backend,
+    ) -> Self {
         Self {
-            inner: Arc::new(Inner::new(settings, backend)),
+            inner: Arc::new(Inner::new(policy, refresh_deadline, recogniser, backend)),
         }
     }
 
@@ -599,27 +606,6 @@ impl Resolver {
                 self.hit(entry, Instant::now(), || id.clone())
             }
             None => self.miss(id).await,
-        }
-    }
-
-    /// [`Resolver::resolve`] for an id that passed [`AssetId::validate`]: a hit needs no
-    /// `AssetId` (no allocation); one is made for a miss or a refresh.
-    pub async fn resolve_str(&self, id: &str) -> Result<Resolution, ResolveError> {
-        // One clock reading per hit, for the index's validity check and the freshness.
-        let now = Instant::now();
-        if let Some(found) = self.inner.hot.get(id, now) {
-            self.sample_read(id).await;
-            return self.hit(Entry::Found(found), now, || AssetId::from_validated(id));
-        }
-        match self.inner.cache.get(id).await {
-            Some(entry) => {
-                // Held by moka but not in the index (it lost a race with a removal notice).
-                if let Entry::Found(r) = &entry {
-                    self.inner.publish(Arc::from(id), r).await;
-                }
-                self.hit(entry, Instant::now(), || AssetId::from_validated(id))
-            }
-            None => self.miss(&AssetId::from_validated(id)).await,
         }
     }
 
@@ -761,13 +747,8 @@ impl Resolver {
 
     /// Drops an asset's cache entry.
     pub async fn invalidate(&self, id: &AssetId) {
-        self.invalidate_str(id.as_str()).await;
-    }
-
-    /// [`Resolver::invalidate`] by the id's text.
-    pub async fn invalidate_str(&self, id: &str) {
-        self.inner.hot.forget(id);
-        self.inner.cache.invalidate(id).await;
+        self.inner.hot.forget(id.as_str());
+        self.inner.cache.invalidate(id.as_str()).await;
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -791,14 +772,17 @@ impl Resolver {
 }
 
 impl Inner {
-    fn new(settings: &Settings, backend: Backend) -> Self {
-        let recogniser = Recogniser::new(&settings.recognition)
-            .expect("recognition settings are validated when loaded");
+    fn new(
+        policy: CacheSettings,
+        refresh_deadline: Duration,
+        recogniser: Recogniser,
+        backend: Backend,
+    ) -> Self {
         let hot = Arc::new(ReadIndex::new());
         let evicted = hot.clone();
         let cache = Cache::builder()
             .name("assets")
-            .max_capacity(settings.cache.max_bytes)
+            .max_capacity(policy.max_bytes)
             .weigher(|key: &Arc<str>, entry: &Entry| {
                 let value = match entry {
                     Entry::Found(r) => weigh(r.buffer.len()),
@@ -823,11 +807,11 @@ impl Inner {
         Self {
             hot,
             refreshing: Default::default(),
-            refresh_deadline: settings.server.request_timeout,
+            refresh_deadline,
             cache,
             backend,
             recogniser,
-            policy: settings.cache.clone(),
+            policy,
             stats: Stats::default(),
             counters: {
                 // The service's recorder first, so that the handles are its own.

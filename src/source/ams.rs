@@ -5,7 +5,7 @@
 //! an `assetId` (when the id is a GUID), then as an `alternateId`.
 //!
 //! ARM calls go through [`RestClient`] (bearer token from the shared credential, retries within
-//! a per-call budget), which the AMS encoder (`crate::jobs::ams`) shares.
+//! a per-call budget), which the AMS encoder (`jobs::ams`) shares.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -69,7 +69,7 @@ impl AmsCatalog {
         credential: Arc<dyn TokenCredential>,
         default_account: &str,
         container_sas_lifetime: Option<Duration>,
-    ) -> Result<Self, crate::config::ConfigError> {
+    ) -> Result<Self, crate::config::Invalid> {
         let base = settings.arm_endpoint.as_str().trim_end_matches('/');
         let account_url = Url::parse(&format!(
             "{base}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Media/mediaServices/{}",
@@ -77,7 +77,7 @@ impl AmsCatalog {
             crate::url_path::encode_segment(&settings.resource_group),
             crate::url_path::encode_segment(&settings.account_name),
         ))
-        .map_err(|e| crate::config::ConfigError::Invalid {
+        .map_err(|e| crate::config::Invalid {
             key: "source.arm_endpoint".into(),
             message: e.to_string(),
         })?;

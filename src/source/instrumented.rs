@@ -148,7 +148,6 @@ impl Backend {
             }),
             health: self.health,
             local_root: self.local_root,
-            encoder: self.encoder,
         }
     }
 }

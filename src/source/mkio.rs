@@ -23,19 +23,18 @@
 //! 2,000 GETs a minute per project).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use url::Url;
 
 use super::rest::{Bearer, ErrorEnvelope, RestClient};
 use super::{AssetLocation, AssetRecord, Catalog, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
-use crate::config::{ConfigError, UpstreamSettings};
+use crate::config::{Invalid, MkioSourceSettings, UpstreamSettings, is_bearer_token};
 use crate::secret::Secret;
 
 /// Environment variable holding the token when neither `source.token` nor `source.token_file`
@@ -50,116 +49,17 @@ const MAX_ALTERNATE_ID_LEN: usize = 64;
 /// The only storage type whose blobs this service can list and sign.
 const AZURE_STORAGE_TYPE: &str = "Microsoft.Storage";
 
-/// `source.kind = "mkio"`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MkioSourceSettings {
-    /// The MK.IO API origin (a proxy or test double may add a path).
-    #[serde(default = "default_base_url")]
-    pub base_url: Url,
-    /// The MK.IO project holding the assets.
-    pub project: String,
-    /// An MK.IO API token (secret; redacted). Else `token_file`, else `$MKIO_TOKEN`.
-    #[serde(default)]
-    pub token: Option<Secret>,
-    /// A file holding the token (a mounted secret), read at start, surrounding white space
-    /// removed.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// How long a storage instance (its `spec.url`) is remembered.
-    #[serde(default = "default_storage_cache_ttl", with = "humantime_serde")]
-    pub storage_cache_ttl: Duration,
-}
-
-fn default_base_url() -> Url {
-    Url::parse("https://app.mk.io").expect("valid URL")
-}
-
-fn default_storage_cache_ttl() -> Duration {
-    Duration::from_secs(600)
-}
-
-impl MkioSourceSettings {
-    /// Offline checks (nothing is read or contacted), naming keys as `source.<field>`.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| ConfigError::Invalid {
-            key: key.into(),
-            message: message.into(),
-        };
-        let project = self.project.as_str();
-        if project.trim().is_empty() {
-            return Err(invalid("source.project", "must not be empty"));
-        }
-        if project.trim() != project || project.chars().any(|c| c.is_control() || c == '/') {
-            return Err(invalid(
-                "source.project",
-                "must be an MK.IO project name (no white space around it, no `/`)",
-            ));
-        }
-        let url = &self.base_url;
-        let loopback = match url.host() {
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        if url.host().is_none()
-            || !(url.scheme() == "https" || (url.scheme() == "http" && loopback))
-        {
-            return Err(invalid(
-                "source.base_url",
-                "must be an https URL (plain http only to a loopback address)",
-            ));
-        }
-        if url.query().is_some()
-            || url.fragment().is_some()
-            || !url.username().is_empty()
-            || url.password().is_some()
-        {
-            return Err(invalid(
-                "source.base_url",
-                "must not carry credentials, a query or a fragment",
-            ));
-        }
-        if self.token.is_some() && self.token_file.is_some() {
-            return Err(invalid(
-                "source.token_file",
-                "set either source.token or source.token_file, not both",
-            ));
-        }
-        if let Some(token) = &self.token
-            && !is_token(token.expose().trim())
-        {
-            return Err(invalid(
-                "source.token",
-                "must be a non-empty MK.IO token (visible ASCII only)",
-            ));
-        }
-        if let Some(path) = &self.token_file
-            && path.as_os_str().is_empty()
-        {
-            return Err(invalid("source.token_file", "must not be empty"));
-        }
-        Ok(())
-    }
-}
-
-/// Whether `token` can go into an `Authorization: Bearer` header.
-fn is_token(token: &str) -> bool {
-    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
-}
-
 /// The token: `token`, else the file's contents, else `env` (the value of `MKIO_TOKEN`).
 /// `read` reads a file; errors name the key at fault, never the token.
 fn resolve_token(
     settings: &MkioSourceSettings,
     env: Option<String>,
     read: impl FnOnce(&std::path::Path) -> std::io::Result<String>,
-) -> Result<Secret, ConfigError> {
+) -> Result<Secret, Invalid> {
     let (key, raw) = if let Some(token) = &settings.token {
         ("source.token", token.expose().to_owned())
     } else if let Some(path) = &settings.token_file {
-        let text = read(path).map_err(|e| ConfigError::Invalid {
+        let text = read(path).map_err(|e| Invalid {
             key: "source.token_file".into(),
             message: format!("cannot read {}: {e}", path.display()),
         })?;
@@ -167,7 +67,7 @@ fn resolve_token(
     } else if let Some(value) = env {
         (TOKEN_ENV, value)
     } else {
-        return Err(ConfigError::Invalid {
+        return Err(Invalid {
             key: "source.token".into(),
             message: format!(
                 "is required by source.kind = \"mkio\": set source.token, source.token_file \
@@ -176,8 +76,8 @@ fn resolve_token(
         });
     };
     let token = raw.trim();
-    if !is_token(token) {
-        return Err(ConfigError::Invalid {
+    if !is_bearer_token(token) {
+        return Err(Invalid {
             key: key.into(),
             message: "does not hold an MK.IO token (empty, or not visible ASCII)".into(),
         });
@@ -269,15 +169,14 @@ impl MkioCatalog {
         upstream: &UpstreamSettings,
         http: reqwest::Client,
         default_account: &str,
-    ) -> Result<Self, ConfigError> {
-        settings.validate()?;
+    ) -> Result<Self, Invalid> {
         let token = resolve_token(settings, std::env::var(TOKEN_ENV).ok(), |path| {
             std::fs::read_to_string(path)
         })?;
         let mut media_url = settings.base_url.clone();
         media_url
             .path_segments_mut()
-            .map_err(|_| ConfigError::Invalid {
+            .map_err(|_| Invalid {
                 key: "source.base_url".into(),
                 message: "cannot hold a path".into(),
             })?
@@ -750,57 +649,6 @@ mod tests {
     }
 
     #[test]
-    fn settings_defaults_and_validation() {
-        let s = settings(serde_json::json!({"project": "my-project"}));
-        assert_eq!(s.base_url.as_str(), "https://app.mk.io/");
-        assert_eq!(s.storage_cache_ttl, Duration::from_secs(600));
-        s.validate().unwrap();
-
-        let key_of = |value: serde_json::Value| match settings(value).validate() {
-            Err(ConfigError::Invalid { key, .. }) => key,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(
-            key_of(serde_json::json!({"project": " "})),
-            "source.project"
-        );
-        assert_eq!(
-            key_of(serde_json::json!({"project": "a/b"})),
-            "source.project"
-        );
-        assert_eq!(
-            key_of(serde_json::json!({"project": "p", "base_url": "http://app.mk.io"})),
-            "source.base_url"
-        );
-        assert_eq!(
-            key_of(serde_json::json!({"project": "p", "base_url": "https://u:p@app.mk.io"})),
-            "source.base_url"
-        );
-        assert_eq!(
-            key_of(serde_json::json!({"project": "p", "token": "t", "token_file": "/x"})),
-            "source.token_file"
-        );
-        assert_eq!(
-            key_of(serde_json::json!({"project": "p", "token": "two words"})),
-            "source.token"
-        );
-        settings(serde_json::json!({"project": "p", "base_url": "http://127.0.0.1:8443/mk"}))
-            .validate()
-            .unwrap();
-        assert!(
-            serde_json::from_value::<MkioSourceSettings>(
-                serde_json::json!({"project": "p", "tokn": "x"})
-            )
-            .is_err(),
-            "unknown keys are refused"
-        );
-        // Redacted wherever shown.
-        let s = settings(serde_json::json!({"project": "p", "token": "hunter2"}));
-        assert!(!format!("{s:?}").contains("hunter2"));
-        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
-    }
-
-    #[test]
     fn token_from_setting_then_file_then_environment() {
         let unread = |_: &std::path::Path| -> std::io::Result<String> {
             panic!("the file is not read when the token is set")
@@ -817,19 +665,19 @@ mod tests {
         .unwrap();
         assert_eq!(token.expose(), "from-file");
         let err = resolve_token(&with_file, None, |_| Ok("\n".into())).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "source.token_file"));
+        assert!(matches!(err, Invalid { ref key, .. } if key == "source.token_file"));
         let err = resolve_token(&with_file, None, |_| {
             Err(std::io::Error::from(std::io::ErrorKind::NotFound))
         })
         .unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { ref key, .. } if key == "source.token_file"));
+        assert!(matches!(err, Invalid { ref key, .. } if key == "source.token_file"));
 
         let neither = settings(serde_json::json!({"project": "p"}));
         let token = resolve_token(&neither, Some(" env-token ".into()), unread).unwrap();
         assert_eq!(token.expose(), "env-token");
         let err = resolve_token(&neither, None, unread).unwrap_err();
         assert!(
-            matches!(err, ConfigError::Invalid { ref key, ref message } if key == "source.token" && message.contains(TOKEN_ENV))
+            matches!(err, Invalid { ref key, ref message } if key == "source.token" && message.contains(TOKEN_ENV))
         );
     }
 }

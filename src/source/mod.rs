@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::asset_id::AssetId;
-use crate::config::{ConfigError, Settings, SourceSettings};
 use crate::model::{BlobEntry, Link};
 
 /// Where an asset's blobs are: a container of a storage account, optionally under a prefix.
@@ -146,8 +145,6 @@ pub struct Backend {
     pub health: Vec<Arc<dyn HealthCheck>>,
     /// Folder the service itself serves under `/local/`, when the source is local.
     pub local_root: Option<std::path::PathBuf>,
-    /// The backend's encoder, when it can generate thumbnails (AMS, MK.IO).
-    pub encoder: Option<Arc<dyn crate::jobs::Encoder>>,
 }
 
 impl fmt::Debug for Backend {
@@ -155,116 +152,5 @@ impl fmt::Debug for Backend {
         f.debug_struct("Backend")
             .field("local_root", &self.local_root)
             .finish_non_exhaustive()
-    }
-}
-
-impl Backend {
-    /// Builds the configured backend. `public_base_url` is where this service is reachable.
-    pub fn from_settings(
-        settings: &Settings,
-        public_base_url: &url::Url,
-    ) -> Result<Self, ConfigError> {
-        let backend = Self::build(settings, public_base_url)?;
-        let limit = settings.upstream.max_concurrency;
-        let latency = settings.bench.upstream_latency;
-        Ok(match &settings.source {
-            SourceSettings::Local(_) => backend.instrumented("local", "local", limit, latency),
-            SourceSettings::Storage(_) => {
-                backend.instrumented("storage", "storage", limit, latency)
-            }
-            SourceSettings::Ams(_) => backend.instrumented("ams", "storage", limit, latency),
-            SourceSettings::Mkio(_) => backend.instrumented("mkio", "storage", limit, latency),
-        })
-    }
-
-    fn build(settings: &Settings, public_base_url: &url::Url) -> Result<Self, ConfigError> {
-        match &settings.source {
-            SourceSettings::Local(local) => {
-                let source = Arc::new(local::LocalSource::new(local, public_base_url));
-                Ok(Self {
-                    catalog: source.clone(),
-                    store: source.clone(),
-                    linker: source.clone(),
-                    health: vec![source.clone()],
-                    local_root: Some(local.root.clone()),
-                    encoder: None,
-                })
-            }
-            SourceSettings::Storage(storage) => {
-                let catalog: Arc<dyn Catalog> = match &storage.catalog {
-                    Some(path) => Arc::new(storage::StorageCatalog::load(
-                        path,
-                        &settings.storage.account,
-                    )?),
-                    None => Arc::new(storage::StorageCatalog::template(
-                        &storage.container_template,
-                        &settings.storage.account,
-                    )),
-                };
-                let azure = crate::azure::AzureBackend::new(settings)?;
-                Ok(Self {
-                    catalog,
-                    store: azure.store,
-                    linker: azure.linker,
-                    health: azure.health,
-                    local_root: None,
-                    encoder: None,
-                })
-            }
-            SourceSettings::Mkio(mkio_settings) => {
-                let azure = crate::azure::AzureBackend::new(settings)?;
-                let catalog = Arc::new(mkio::MkioCatalog::new(
-                    mkio_settings,
-                    &settings.upstream,
-                    azure.http.clone(),
-                    &settings.storage.account,
-                )?);
-                let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
-                health.extend(azure.health);
-                let encoder = Arc::new(crate::jobs::mkio::MkioEncoder::new(catalog.clone()));
-                Ok(Self {
-                    catalog,
-                    store: azure.store,
-                    linker: azure.linker,
-                    health,
-                    local_root: None,
-                    encoder: Some(encoder),
-                })
-            }
-            SourceSettings::Ams(ams_settings) => {
-                let azure = crate::azure::AzureBackend::new(settings)?;
-                let credential = azure
-                    .credential
-                    .clone()
-                    .ok_or_else(|| ConfigError::Invalid {
-                        key: "credential".into(),
-                        message: "is required by source.kind = \"ams\"".into(),
-                    })?;
-                let catalog = Arc::new(ams::AmsCatalog::new(
-                    ams_settings,
-                    &settings.upstream,
-                    azure.http.clone(),
-                    credential,
-                    &settings.storage.account,
-                    (settings.storage.auth == crate::config::StorageAuth::AmsContainerSas
-                        || settings.links.mode == crate::config::LinkMode::AmsContainerSas)
-                        .then_some(settings.links.lifetime),
-                )?);
-                let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
-                health.extend(azure.health);
-                let encoder = Arc::new(crate::jobs::ams::AmsEncoder::new(
-                    catalog.clone(),
-                    &settings.jobs.transform_api_version,
-                ));
-                Ok(Self {
-                    catalog,
-                    store: azure.store,
-                    linker: azure.linker,
-                    health,
-                    local_root: None,
-                    encoder: Some(encoder),
-                })
-            }
-        }
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{AssetLocation, Catalog, SourceError};
 use crate::asset_id::AssetId;
-use crate::config::ConfigError;
+use crate::config::Invalid;
 
 /// One asset of a catalog file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -65,8 +65,8 @@ impl StorageCatalog {
     }
 
     /// Loads a CSV (header row) or JSON (array of rows, or `{"assets": [...]}`) catalog.
-    pub fn load(path: &Path, account: &str) -> Result<Self, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
+    pub fn load(path: &Path, account: &str) -> Result<Self, Invalid> {
+        let invalid = |message: String| Invalid {
             key: "source.catalog".into(),
             message,
         };

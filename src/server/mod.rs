@@ -1,4 +1,7 @@
-//! The HTTP server: bind, serve, and shut down gracefully.
+//! The HTTP server: bind, put the service together ([`compose`]), serve, and shut down
+//! gracefully.
+
+pub mod compose;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,9 +11,21 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{Invalid, Settings};
 use crate::http::{AppState, app};
 use crate::source::Backend;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] Invalid),
+}
 
 /// A bound, not yet serving, server. Binding first lets port 0 work: the public base URL (used
 /// in local-mode URLs) is derived from the address actually bound.
@@ -22,22 +37,29 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn bind(settings: Settings) -> std::io::Result<Self> {
-        Self::bind_with(settings, Backend::from_settings).await
+    pub async fn bind(settings: Settings) -> Result<Self, StartError> {
+        Self::bind_with(settings, |backend| backend).await
     }
 
-    /// Binds with a backend of the caller's making (tests wrap the configured one).
+    /// Binds, then builds the service with `wrap` around the configured backend (tests put a
+    /// probe there).
     pub async fn bind_with(
         settings: Settings,
-        make_backend: impl FnOnce(&Settings, &Url) -> Result<Backend, ConfigError>,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(settings.server.listen).await?;
-        let addr = listener.local_addr()?;
-        let base_url = settings.public_base_url(addr);
-        let backend = make_backend(&settings, &base_url).map_err(std::io::Error::other)?;
+        wrap: impl FnOnce(Backend) -> Backend,
+    ) -> Result<Self, StartError> {
+        let bind_error = |source| StartError::Bind {
+            addr: settings.server.listen,
+            source,
+        };
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let base_url = settings.server.public_base_url(addr);
+        let state = compose::app_state(&settings, &base_url, wrap)?;
         Ok(Self {
             listener,
-            state: AppState::new(settings, backend),
+            state,
             addr,
             base_url,
         })
@@ -61,7 +83,7 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let grace = self.state.settings.server.shutdown_grace;
+        let grace = self.state.server.shutdown_grace;
         tracing::info!(addr = %self.addr, base_url = %self.base_url, "listening");
         let (started_tx, started_rx) = oneshot::channel();
         let signal = async move {

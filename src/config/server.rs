@@ -1,0 +1,102 @@
+//! `[server]`: the listener, request limits and shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::Invalid;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address the HTTP server binds to.
+    pub listen: SocketAddr,
+    /// Base URL under which clients reach this service; used for URLs the service itself serves
+    /// (local mode). Defaults to `http://{listen}` with an unspecified address shown as 127.0.0.1.
+    pub public_base_url: Option<Url>,
+    /// Upper bound on the time one request may take before it is answered with 504.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Requests handled at once; more wait in a queue (health and metrics routes are exempt).
+    pub max_concurrent_requests: usize,
+    /// Requests allowed to wait; past this, `503 overloaded` at once instead of a slow timeout.
+    pub max_queued_requests: usize,
+    /// Longest wait in the queue before `503 overloaded`.
+    #[serde(with = "humantime_serde")]
+    pub queue_timeout: Duration,
+    /// Threads for blocking work (local folder walks and file reads, DNS lookups). Tokio's own
+    /// bound is 512: a flood of cold local assets grew the pool to that, each thread with its
+    /// stack, and glibc spread the transient allocations over every arena it has.
+    pub blocking_threads: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_base_url: None,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            max_queued_requests: 2048,
+            queue_timeout: Duration::from_secs(5),
+            blocking_threads: 16,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if let Some(url) = &self.public_base_url {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(Invalid::new(
+                    "server.public_base_url",
+                    "must be an absolute http(s) URL",
+                ));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(Invalid::new(
+                    "server.public_base_url",
+                    "must not have a query or fragment",
+                ));
+            }
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Invalid::new(
+                "server.request_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(Invalid::new(
+                "server.max_concurrent_requests",
+                "must be greater than 0",
+            ));
+        }
+        if self.blocking_threads == 0 {
+            return Err(Invalid::new(
+                "server.blocking_threads",
+                "must be greater than 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The base URL clients use to reach this service, given the address actually bound.
+    pub fn public_base_url(&self, bound: SocketAddr) -> Url {
+        if let Some(url) = &self.public_base_url {
+            return url.clone();
+        }
+        let host = if bound.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+        } else {
+            bound
+        };
+        Url::parse(&format!("http://{host}")).expect("socket address forms a valid URL")
+    }
+}

@@ -1,0 +1,129 @@
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn defaults_are_valid_and_local() {
+    let s = Settings::from_toml("").unwrap();
+    assert!(matches!(s.source, SourceSettings::Local(_)));
+    assert_eq!(s.cache.ttl, Duration::from_secs(300));
+}
+
+#[test]
+fn invalid_value_names_the_key() {
+    let err = Settings::from_toml("[cache]\nttl = \"soon\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cache.ttl"), "{err}");
+    let err = Settings::from_toml("[server]\nlisten = \"nowhere\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.listen"), "{err}");
+    let err = Settings::from_toml("[server]\nblocking_threads = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.blocking_threads"), "{err}");
+    let s = Settings::from_toml("[server]\nblocking_threads = 4\n").unwrap();
+    assert_eq!(s.server.blocking_threads, 4);
+    let err = Settings::from_toml("[jobs]\nname_prefix = \"bad prefix\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("jobs.name_prefix"), "{err}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let err = Settings::from_toml("[cache]\nttll = \"5m\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ttll"), "{err}");
+}
+
+#[test]
+fn redacted_toml_round_trips() {
+    let s = Settings::from_toml(
+        "[recognition]\nlayers = [{label = \"large\", width = 640, height = 360}]\n\
+         timing = { start = \"1s\", step = \"2s\" }\n\
+         [auth]\napi = \"api-key\"\n\
+         [[auth.api_keys]]\nname = \"frontend\"\nsha256 = \"{hex}\"\nroles = [\"api\"]\n"
+            .replace("{hex}", &"ab".repeat(32))
+            .as_str(),
+    )
+    .unwrap();
+    let text = s.to_redacted_toml();
+    let back = Settings::from_toml(&text).unwrap();
+    assert_eq!(back.recognition.layers, s.recognition.layers);
+    assert_eq!(back.recognition.timing, s.recognition.timing);
+    assert_eq!(back.cache.ttl, s.cache.ttl);
+    assert_eq!(back.auth.api_keys.len(), 1);
+    assert_eq!(back.auth.api_keys[0].name, "frontend");
+    assert!(matches!(back.source, SourceSettings::Local(_)));
+}
+
+#[test]
+fn redacted_toml_round_trips_every_source_kind() {
+    let storage = Settings::from_toml(
+        "[source]\nkind = \"storage\"\ncatalog = \"catalog.csv\"\n[storage]\naccount = \"acct\"\n\
+         auth = \"anonymous\"\n[links]\nmode = \"public\"\n",
+    )
+    .unwrap();
+    let back = Settings::from_toml(&storage.to_redacted_toml()).unwrap();
+    assert!(
+        matches!(&back.source, SourceSettings::Storage(s) if s.catalog.as_deref() == Some(Path::new("catalog.csv")))
+    );
+}
+
+#[test]
+fn secrets_are_redacted_in_check_config() {
+    let s = Settings::from_toml(
+        "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\nauth = \"account-key\"\naccount_key = \"c2VjcmV0LWtleQ==\"\n[links]\nmode = \"account-key-sas\"\n[auth]\nallow_anonymous_signed_urls = true\n[credential]\nkind = \"client-secret\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s3cr3t-value\"\n",
+    )
+    .unwrap();
+    let text = s.to_redacted_toml();
+    assert!(!text.contains("c2VjcmV0LWtleQ=="), "{text}");
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(!format!("{s:?}").contains("s3cr3t-value"));
+}
+
+#[test]
+fn azure_settings_are_checked_together() {
+    let base = "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\n";
+    let err = |extra: &str| {
+        Settings::from_toml(&format!("{base}{extra}"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("").contains("credential"), "entra needs a credential");
+    assert!(
+        err("auth = \"account-key\"\n[links]\nmode = \"account-key-sas\"\n")
+            .contains("storage.account_key")
+    );
+    assert!(
+        err("auth = \"anonymous\"\nendpoint = \"http://127.0.0.1:1/{account}\"\n[links]\nmode = \"public\"\n")
+            .contains("links.allow_http")
+    );
+    assert!(
+        err("auth = \"anonymous\"\n[links]\nmode = \"public\"\nlifetime = \"1m\"\n")
+            .contains("links.lifetime")
+    );
+    assert!(
+        Settings::from_toml(&format!(
+            "{base}auth = \"anonymous\"\n[links]\nmode = \"public\"\n"
+        ))
+        .is_ok()
+    );
+    let bad_account = Settings::from_toml(
+        "[source]\nkind = \"storage\"\n[storage]\naccount = \"Bad_Account\"\nauth = \"anonymous\"\n[links]\nmode = \"public\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad_account.contains("storage.account"), "{bad_account}");
+}
+
+#[test]
+fn public_base_url_follows_bound_port() {
+    let s = Settings::default();
+    let url = s.server.public_base_url("0.0.0.0:4321".parse().unwrap());
+    assert_eq!(url.as_str(), "http://127.0.0.1:4321/");
+}

@@ -1,0 +1,213 @@
+//! The composition root: the one place that turns settings into the service's parts. Every
+//! part is built here once, fallibly (a bad pattern, CA file, catalog or credential names its
+//! key), and handed down as a plain value: nothing below rebuilds what was checked here.
+//!
+//! Order: the leaves first (recogniser, HTTP client), then the backend for the source kind
+//! with its Azure parts and encoder, the resolver over the backend, and the HTTP state last.
+
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::azure::{self, AzureBackend, AzureSettings};
+use crate::config::{Invalid, Settings, SourceSettings, uses_ams_container_sas};
+use crate::http::auth::{Guard, JwtValidator};
+use crate::http::{AppParts, AppState};
+use crate::jobs::{self, Encoder, Jobs};
+use crate::recognise::Recogniser;
+use crate::resolver::Resolver;
+use crate::source::{self, Backend, Catalog, HealthCheck};
+
+/// A backend and, where the source has one, its encoder.
+pub struct Sourced {
+    pub backend: Backend,
+    pub encoder: Option<Arc<dyn Encoder>>,
+}
+
+/// The configured backend, instrumented (upstream metrics, concurrency bound, simulated
+/// latency). `public_base_url` is where this service is reachable (local-mode URLs);
+/// `http` is the client every outbound call shares.
+pub fn backend(
+    settings: &Settings,
+    public_base_url: &Url,
+    http: Option<&reqwest::Client>,
+) -> Result<Sourced, Invalid> {
+    let azure = |http: Option<&reqwest::Client>| {
+        let http = http
+            .expect("an HTTP client is built for every Azure source")
+            .clone();
+        AzureBackend::new(
+            AzureSettings {
+                storage: &settings.storage,
+                links: &settings.links,
+                credential: settings.credential.as_ref(),
+                upstream: &settings.upstream,
+            },
+            http,
+        )
+    };
+    let account = &settings.storage.account;
+    let (backend, encoder, names): (Backend, Option<Arc<dyn Encoder>>, _) = match &settings.source {
+        SourceSettings::Local(local) => {
+            let source = Arc::new(source::local::LocalSource::new(local, public_base_url));
+            let backend = Backend {
+                catalog: source.clone(),
+                store: source.clone(),
+                linker: source.clone(),
+                health: vec![source.clone()],
+                local_root: Some(local.root.clone()),
+            };
+            (backend, None, ("local", "local"))
+        }
+        SourceSettings::Storage(storage) => {
+            let catalog: Arc<dyn Catalog> = match &storage.catalog {
+                Some(path) => Arc::new(source::storage::StorageCatalog::load(path, account)?),
+                None => Arc::new(source::storage::StorageCatalog::template(
+                    &storage.container_template,
+                    account,
+                )),
+            };
+            let azure = azure(http)?;
+            let backend = Backend {
+                catalog,
+                store: azure.store,
+                linker: azure.linker,
+                health: azure.health,
+                local_root: None,
+            };
+            (backend, None, ("storage", "storage"))
+        }
+        SourceSettings::Mkio(mkio) => {
+            let azure = azure(http)?;
+            let catalog = Arc::new(source::mkio::MkioCatalog::new(
+                mkio,
+                &settings.upstream,
+                azure.http.clone(),
+                account,
+            )?);
+            let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
+            health.extend(azure.health);
+            let encoder = Arc::new(jobs::mkio::MkioEncoder::new(catalog.clone()));
+            let backend = Backend {
+                catalog,
+                store: azure.store,
+                linker: azure.linker,
+                health,
+                local_root: None,
+            };
+            (
+                backend,
+                Some(encoder as Arc<dyn Encoder>),
+                ("mkio", "storage"),
+            )
+        }
+        SourceSettings::Ams(ams) => {
+            let azure = azure(http)?;
+            let credential = azure.credential.clone().ok_or_else(|| {
+                Invalid::new("credential", "is required by source.kind = \"ams\"")
+            })?;
+            let catalog = Arc::new(source::ams::AmsCatalog::new(
+                ams,
+                &settings.upstream,
+                azure.http.clone(),
+                credential,
+                account,
+                uses_ams_container_sas(&settings.storage, &settings.links)
+                    .then_some(settings.links.lifetime),
+            )?);
+            let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
+            health.extend(azure.health);
+            let encoder = Arc::new(jobs::ams::AmsEncoder::new(
+                catalog.clone(),
+                &settings.jobs.transform_api_version,
+            ));
+            let backend = Backend {
+                catalog,
+                store: azure.store,
+                linker: azure.linker,
+                health,
+                local_root: None,
+            };
+            (
+                backend,
+                Some(encoder as Arc<dyn Encoder>),
+                ("ams", "storage"),
+            )
+        }
+    };
+    let backend = backend.instrumented(
+        names.0,
+        names.1,
+        settings.upstream.max_concurrency,
+        settings.bench.upstream_latency,
+    );
+    Ok(Sourced { backend, encoder })
+}
+
+/// The shared HTTP client, when something calls out: an Azure source, or a JWKS to fetch.
+pub fn http_client(settings: &Settings) -> Result<Option<reqwest::Client>, Invalid> {
+    let needed =
+        !matches!(settings.source, SourceSettings::Local(_)) || settings.auth.jwt.is_some();
+    needed
+        .then(|| azure::http_client(&settings.upstream))
+        .transpose()
+}
+
+/// The resolver alone (the `resolve` command), over the configured backend.
+pub fn resolver(settings: &Settings, public_base_url: &Url) -> Result<Resolver, Invalid> {
+    let recogniser = Recogniser::new(&settings.recognition)?;
+    let http = http_client(settings)?;
+    let sourced = backend(settings, public_base_url, http.as_ref())?;
+    Ok(Resolver::new(
+        settings.cache.clone(),
+        settings.server.request_timeout,
+        recogniser,
+        sourced.backend,
+    ))
+}
+
+/// The whole service's state. `wrap` sees the backend last (tests put a probe around it).
+pub fn app_state(
+    settings: &Settings,
+    public_base_url: &Url,
+    wrap: impl FnOnce(Backend) -> Backend,
+) -> Result<AppState, Invalid> {
+    let recogniser = Recogniser::new(&settings.recognition)?;
+    jobs::check_settings(&settings.jobs)?;
+    let http = http_client(settings)?;
+    let Sourced { backend, encoder } = backend(settings, public_base_url, http.as_ref())?;
+    let backend = wrap(backend);
+    let jwt = settings.auth.jwt.clone().map(|jwt| {
+        let http = http
+            .clone()
+            .expect("an HTTP client is built when auth.jwt is set");
+        JwtValidator::new(jwt, http)
+    });
+    let guard = Guard::new(&settings.auth, &settings.rate_limit, jwt);
+    let jobs = encoder.map(|encoder| Jobs::new(encoder, settings.jobs.clone()));
+    let health = backend.health.clone();
+    let local_root = backend.local_root.clone();
+    let resolver = Resolver::new(
+        settings.cache.clone(),
+        settings.server.request_timeout,
+        recogniser,
+        backend,
+    );
+    Ok(AppState::new(AppParts {
+        resolver,
+        jobs,
+        health,
+        local_root,
+        source_kind: settings.source.kind(),
+        guard: Arc::new(guard),
+        api: settings.api.clone(),
+        server: settings.server.clone(),
+        bench: settings.bench.clone(),
+    }))
+}
+
+/// Everything [`app_state`] builds, checked without serving (`check-config`).
+pub fn check(settings: &Settings) -> Result<(), Invalid> {
+    let base = settings.server.public_base_url(settings.server.listen);
+    app_state(settings, &base, |backend| backend).map(drop)
+}

@@ -39,16 +39,18 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         // Everything the service would build is built (and so checked), nothing is served.
-        Command::CheckConfig => match compose::check(&settings) {
-            Ok(()) => {
-                print!("{}", settings.to_redacted_toml());
-                ExitCode::SUCCESS
+        Command::CheckConfig => run(settings.server.blocking_threads, async move {
+            match compose::check(&settings) {
+                Ok(()) => {
+                    print!("{}", settings.to_redacted_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ams-thumbnails: invalid configuration: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("ams-thumbnails: invalid configuration: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }),
         Command::Resolve { asset_id } => run(
             settings.server.blocking_threads,
             resolve(settings, asset_id),

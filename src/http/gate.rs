@@ -491,8 +491,9 @@ fn overloaded() -> Response {
 /// method). The handles are looked up in the recorder once per thread and label set, not per
 /// request (registering hashes the labels under a lock and allocates their strings).
 fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
+    let method = method_label(method);
     struct Handles {
-        method: Method,
+        method: &'static str,
         status: u16,
         requests: metrics::Counter,
         duration: metrics::Histogram,
@@ -508,20 +509,20 @@ fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
         let (count, map) = &mut *cached.borrow_mut();
         if let Some(h) = map
             .get(route)
-            .and_then(|all| all.iter().find(|h| h.status == status && h.method == *method))
+            .and_then(|all| all.iter().find(|h| h.status == status && h.method == method))
         {
             h.requests.increment(1);
             h.duration.record(seconds);
             return;
         }
-        let requests = metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method.as_str().to_owned(), "status" => status.to_string());
-        let duration = metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned(), "method" => method.as_str().to_owned());
+        let requests = metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_string());
+        let duration = metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned(), "method" => method);
         requests.increment(1);
         duration.record(seconds);
         if *count < MAX_CACHED {
             *count += 1;
             map.entry(route.into()).or_default().push(Handles {
-                method: method.clone(),
+                method,
                 status,
                 requests,
                 duration,
@@ -530,9 +531,33 @@ fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
     });
 }
 
+/// The `method` label: the standard methods by name, anything else `other` (a caller can make
+/// up methods without end; each would be a series kept forever).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn made_up_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "other");
+    }
 
     #[test]
     fn uri_length_matches_its_display() {

@@ -1,0 +1,339 @@
+//! The cached entry's byte layout: one buffer holds the rendered JSON, its ETag, the
+//! storyboard's VTT and JSON and a 16-byte span per thumbnail, so that a hit touches one
+//! allocation and writes out views of it. Nothing here knows where entries are kept.
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderValue;
+use bytes::Bytes;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::render;
+
+/// A resolved asset, as cached: the rendered answers in one buffer, and where each thumbnail's
+/// object is in the JSON (the redirect routes read the few they need from there). No
+/// structured copy of the thumbnails is kept: the JSON is the one copy.
+// Fields in this order (`repr(C)`): what a hit reads first, together in the fewest cache lines.
+#[repr(C)]
+pub struct Resolved {
+    pub(super) valid_until: Instant,
+    /// Past this, the entry is stale: still served while a refresh runs.
+    pub(super) fresh_until: Instant,
+    /// The JSON, its ETag, the storyboard's VTT and JSON and the thumbnail spans, back to back.
+    pub(super) buffer: Bytes,
+    /// The JSON answer, rendered once at load time.
+    pub(super) body: Span,
+    /// Strong ETag of the JSON (quoted).
+    pub(super) etag: Span,
+    /// Earliest expiry of any URL in the answer, on the monotonic clock (converted once at
+    /// load: a hit reads one clock, not the wall clock too).
+    pub(super) urls_expire: Option<Instant>,
+    /// The gzip variant and its ETag, made on the first request that accepts gzip: entries
+    /// only ever read uncompressed (API clients, `batchGet`) do not hold it.
+    pub(super) gzip: OnceLock<Box<Gzipped>>,
+    pub(super) storyboard_vtt: Option<Span>,
+    pub(super) storyboard_json: Option<Span>,
+    /// Each thumbnail's index and its object's place in `body`, in list order: 16 bytes each
+    /// (index, start, length, little-endian), in `buffer` (no allocation of their own).
+    pub(super) thumbnails: Span,
+}
+
+pub(super) struct Gzipped {
+    body: Bytes,
+    etag: HeaderValue,
+}
+
+/// A part of [`Resolved`]'s buffer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    pub(super) start: u32,
+    pub(super) len: u32,
+}
+
+impl Span {
+    pub(super) fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.start + self.len) as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ThumbnailSpan {
+    pub(super) index: u64,
+    pub(super) object: Span,
+}
+
+impl ThumbnailSpan {
+    const BYTES: usize = 16;
+
+    pub(super) fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.index.to_le_bytes());
+        out.extend_from_slice(&self.object.start.to_le_bytes());
+        out.extend_from_slice(&self.object.len.to_le_bytes());
+    }
+
+    pub(super) fn read(b: &[u8]) -> Self {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Self {
+            index: u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            object: Span {
+                start: u32_at(8),
+                len: u32_at(12),
+            },
+        }
+    }
+}
+
+/// One thumbnail as the redirect routes need it, read from the cached JSON.
+#[derive(Debug, Deserialize)]
+pub struct ThumbnailView<'a> {
+    pub index: u64,
+    #[serde(borrow)]
+    pub url: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub label: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub time: Option<f64>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("body", &self.body.len)
+            .field("etag", &String::from_utf8_lossy(self.etag_bytes()))
+            .field("thumbnails", &self.spans().len())
+            .field("urls_expire", &self.urls_expire)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolved {
+    pub(super) fn new(
+        rendered: render::Rendered,
+        expires_at: Option<OffsetDateTime>,
+        fresh_until: Instant,
+        valid_until: Instant,
+    ) -> Result<Self, String> {
+        let mut spans_bytes = Vec::with_capacity(rendered.thumbnails.len() * ThumbnailSpan::BYTES);
+        for &(index, start, len) in &rendered.thumbnails {
+            ThumbnailSpan {
+                index,
+                object: Span {
+                    start: start as u32,
+                    len: len as u32,
+                },
+            }
+            .write(&mut spans_bytes);
+        }
+        let parts = [
+            Some(&rendered.json[..]),
+            Some(rendered.etag.as_bytes()),
+            rendered.storyboard_vtt.as_deref(),
+            rendered.storyboard_json.as_deref(),
+            Some(&spans_bytes[..]),
+        ];
+        let total: usize = parts.iter().flatten().map(|p| p.len()).sum();
+        if u32::try_from(total).is_err() {
+            return Err(format!("{total} bytes of answers for one asset"));
+        }
+        let mut buffer = Vec::with_capacity(total);
+        let mut spans = [None; 5];
+        for (span, part) in spans.iter_mut().zip(parts) {
+            if let Some(part) = part {
+                *span = Some(Span {
+                    start: buffer.len() as u32,
+                    len: part.len() as u32,
+                });
+                buffer.extend_from_slice(part);
+            }
+        }
+        let span = |i: usize| spans[i].expect("always present");
+        Ok(Self {
+            body: span(0),
+            etag: span(1),
+            gzip: OnceLock::new(),
+            storyboard_vtt: spans[2],
+            storyboard_json: spans[3],
+            thumbnails: span(4),
+            buffer: Bytes::from(buffer),
+            urls_expire: expires_at.map(|at| {
+                let left = at - OffsetDateTime::now_utc();
+                Instant::now() + Duration::try_from(left).unwrap_or(Duration::ZERO)
+            }),
+            fresh_until,
+            valid_until,
+        })
+    }
+
+    /// Whether this is the entry of that id: the answer opens with it (ids whose JSON form
+    /// needs escapes never match, and are served through moka).
+    pub(super) fn is_for(&self, id: &str) -> bool {
+        const PREFIX: &[u8] = b"{\"assetId\":\"";
+        self.body()
+            .get(PREFIX.len()..PREFIX.len() + id.len() + 1)
+            .is_some_and(|b| &b[..id.len()] == id.as_bytes() && b[id.len()] == b'"')
+    }
+
+    /// When this entry stops being served from the cache at all.
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
+    /// When this entry stops being fresh.
+    pub fn fresh_until(&self) -> Instant {
+        self.fresh_until
+    }
+
+    /// The JSON answer (for a response, see [`Resolution::answer`]).
+    pub fn body(&self) -> &[u8] {
+        &self.buffer[self.body.range()]
+    }
+
+    /// Strong ETag of `body` (quoted).
+    pub(super) fn etag_bytes(&self) -> &[u8] {
+        &self.buffer[self.etag.range()]
+    }
+
+    /// `body`, gzip-compressed (compressed on the first call, then kept).
+    pub fn body_gzip(&self) -> Bytes {
+        self.gzipped().body.clone()
+    }
+
+    /// Strong ETag of `body_gzip` (quoted).
+    pub fn etag_gzip(&self) -> &HeaderValue {
+        &self.gzipped().etag
+    }
+
+    fn gzipped(&self) -> &Gzipped {
+        self.gzip.get_or_init(|| {
+            // One buffer: the compressed body, then its tag (the plain one, suffixed).
+            let tag = self.etag_bytes();
+            let mut buffer = render::gzip(self.body());
+            let body_len = buffer.len();
+            buffer.extend_from_slice(&tag[..tag.len() - 1]);
+            buffer.extend_from_slice(b"-gzip\"");
+            buffer.shrink_to_fit();
+            let buffer = Bytes::from(buffer);
+            Box::new(Gzipped {
+                body: buffer.slice(..body_len),
+                etag: HeaderValue::from_maybe_shared(buffer.slice(body_len..)).expect("a hex ETag"),
+            })
+        })
+    }
+
+    /// The storyboard as WebVTT with working sprite URLs, when there is one.
+    pub fn storyboard_vtt(&self) -> Option<Bytes> {
+        self.storyboard_vtt.map(|s| self.buffer.slice(s.range()))
+    }
+
+    /// The storyboard as JSON, when there is one.
+    pub fn storyboard_json(&self) -> Option<Bytes> {
+        self.storyboard_json.map(|s| self.buffer.slice(s.range()))
+    }
+
+    /// When the first URL in the answer expires (None: they do not expire).
+    pub fn urls_expire(&self) -> Option<Instant> {
+        self.urls_expire
+    }
+
+    pub(super) fn spans(&self) -> std::slice::ChunksExact<'_, u8> {
+        self.buffer[self.thumbnails.range()].chunks_exact(ThumbnailSpan::BYTES)
+    }
+
+    /// The thumbnails' indices, in list order.
+    pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
+        self.spans().map(|b| ThumbnailSpan::read(b).index)
+    }
+
+    /// The renditions of one index, in list order.
+    pub fn at_index(&self, index: u64) -> impl Iterator<Item = ThumbnailView<'_>> + '_ {
+        self.spans()
+            .map(ThumbnailSpan::read)
+            .filter(move |t| t.index == index)
+            .map(|t| self.view(&t))
+    }
+
+    /// Every thumbnail, in list order.
+    pub fn thumbnails(&self) -> impl Iterator<Item = ThumbnailView<'_>> + '_ {
+        self.spans().map(|b| self.view(&ThumbnailSpan::read(b)))
+    }
+
+    fn view(&self, t: &ThumbnailSpan) -> ThumbnailView<'_> {
+        serde_json::from_slice(&self.body()[t.object.range()])
+            .expect("a thumbnail object rendered by this service parses")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Entry {
+    Found(Arc<Resolved>),
+    NotFound { valid_until: Instant },
+}
+
+impl Entry {
+    pub(super) fn valid_until(&self) -> Instant {
+        match self {
+            Entry::Found(r) => r.valid_until,
+            Entry::NotFound { valid_until } => *valid_until,
+        }
+    }
+}
+
+/// Bytes an entry holds beyond its buffer: the `Resolved` itself, the
+/// buffer's shared header, moka's entry, deque and timer nodes, the read index's slot, and
+/// the allocator's overhead on each (measured with `bench/run`'s memory phase; see
+/// bench/RESULTS.md). The gzip variant, made later, is not weighed (moka weighs an entry once,
+/// when it is inserted): it adds about a seventh of the JSON's size.
+pub(super) const ENTRY_OVERHEAD: usize = 800;
+
+/// Approximate bytes held by an entry.
+pub(super) fn weigh(buffer: usize) -> u32 {
+    u32::try_from(buffer + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::model::{AssetThumbnails, Thumbnail};
+
+    pub(crate) fn resolved(id: &str) -> Arc<Resolved> {
+        let asset = AssetThumbnails {
+            asset_id: id.into(),
+            thumbnails: vec![Thumbnail {
+                index: 1,
+                name: "Thumbnail000001.jpg".into(),
+                url: "https://x/1.jpg".into(),
+                content_type: "image/jpeg".into(),
+                size: 1,
+                label: None,
+                width: Some(160),
+                height: None,
+                time: None,
+            }],
+            storyboard: None,
+            expires_at: None,
+        };
+        let now = Instant::now();
+        let rendered = render::render(&asset).unwrap();
+        Arc::new(Resolved::new(rendered, None, now, now + Duration::from_secs(60)).unwrap())
+    }
+
+    #[test]
+    fn an_entry_knows_its_id() {
+        let r = resolved("abc");
+        assert!(r.is_for("abc"));
+        assert!(!r.is_for("ab"));
+        assert!(!r.is_for("abcd"));
+        // Escaped in the JSON: never matched, so served through moka.
+        assert!(!resolved("a\"b").is_for("a\"b"));
+        assert!(resolved("vidéo").is_for("vidéo"));
+        let t: Vec<_> = r.thumbnails().collect();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].url, "https://x/1.jpg");
+        assert_eq!(r.indices().collect::<Vec<_>>(), [1]);
+    }
+}

@@ -3,7 +3,7 @@
 //! SAS URLs fetched back from Azurite. Every log line of the run, at debug level, is captured
 //! and searched for secrets.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

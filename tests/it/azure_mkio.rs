@@ -1,7 +1,7 @@
 //! MK.IO mode end to end: the fake MK.IO Media API (shaped like MediaKind's examples) over
 //! HTTPS, blobs in Azurite under the asset's subPath, every URL fetched back.
 
-mod support;
+use crate::support;
 
 use ams_thumbnails::Settings;
 use serde_json::Value;

@@ -1,7 +1,7 @@
 //! Storage-only mode (AMS retired) against a real Azurite: containers found by template or
 //! catalog, listed page by page, and every returned URL fetched back from Azurite.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //!
 //! Its own test binary: the managed identity is configured through process environment.
 
-mod support;
+use crate::support;
 
 use ams_thumbnails::Settings;
 use serde_json::Value;

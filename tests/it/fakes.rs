@@ -2,7 +2,7 @@
 //! encoding half of fake_arm.rs / fake_mkio.rs in tests/support/fake_encoder.rs) behave like the
 //! services they stand in for, so tests built on them test the service, not the fakes.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

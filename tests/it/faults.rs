@@ -5,7 +5,7 @@
 //! bytes. Every answer of every test goes through [`Checker::check`]: no answer ever holds a URL
 //! that fails to load.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

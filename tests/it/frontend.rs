@@ -1,7 +1,7 @@
 //! What a frontend needs: storyboards, batch lookups, HTTP caching, compression, CORS, metrics
 //! and cache invalidation — against the real server and the bundled samples.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::sync::atomic::Ordering;

@@ -3,7 +3,7 @@
 //! poll and, when it finishes, writes real images into Azurite, named as the backend names
 //! them; the service then lists them and every URL it hands out loads from Azurite.
 
-mod support;
+use crate::support;
 
 use ams_thumbnails::Settings;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 //! The service's own guard (`auth::authenticate` with a `JwtValidator`) runs in front of stand-in
 //! handlers for each route group, so every answer here is the guard's.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

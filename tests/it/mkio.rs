@@ -3,7 +3,7 @@
 //! nextLink form), storage instances resolved once, subPath prefixes, and every failure mapped
 //! to its `SourceError`. A few tests check the fake itself against the docs payloads.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Who may mint URLs: API keys per route group (hashed, several active), the admin role for
 //! cache invalidation, rate limits per identity, hostile-input limits and security headers.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 

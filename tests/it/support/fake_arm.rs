@@ -300,22 +300,6 @@ impl FakeArm {
 
     // ---- configuration ----
 
-    /// The one subscription / resource group / Media Services account the fake holds.
-    pub fn with_scope(
-        self,
-        subscription_id: impl Into<String>,
-        resource_group: impl Into<String>,
-        account: impl Into<String>,
-    ) -> Self {
-        {
-            let mut s = self.state();
-            s.subscription_id = subscription_id.into();
-            s.resource_group = resource_group.into();
-            s.account = account.into();
-        }
-        self
-    }
-
     /// Assets per List page (AMS: 1000).
     pub fn with_page_size(self, page_size: usize) -> Self {
         assert!(page_size > 0, "page size must be positive");
@@ -331,12 +315,6 @@ impl FakeArm {
     /// Adds (or replaces, by name) an asset.
     pub fn add_asset(&self, asset: FakeAsset) {
         insert_asset(&mut self.state(), asset);
-    }
-
-    pub fn remove_asset(&self, name: &str) {
-        self.state()
-            .assets
-            .retain(|a| !a.name.eq_ignore_ascii_case(name));
     }
 
     /// When set, authenticated requests get 403 `AuthorizationFailed` (no role assignment).
@@ -373,12 +351,6 @@ impl FakeArm {
     pub fn set_job_steps(&self, steps: usize) {
         assert!(steps >= 1, "a job needs at least one step");
         self.state().job_steps = steps;
-    }
-
-    /// The notional duration of every input video (default 60 s): the base of percentages.
-    pub fn set_input_duration(&self, secs: u64) {
-        assert!(secs > 0, "the input duration must be positive");
-        self.state().input_duration_secs = secs;
     }
 
     /// The job as Jobs - Get would answer it now, without advancing it.
@@ -449,10 +421,6 @@ impl FakeArm {
     /// Faults still queued for `op`.
     pub fn pending_faults(&self, op: ArmOp) -> usize {
         self.state().faults.get(&op).map_or(0, VecDeque::len)
-    }
-
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
     }
 
     // ---- what tests read ----

@@ -76,8 +76,6 @@ pub struct IssuedToken {
     /// `aud` claim (scope/resource without `/.default` and trailing `/`).
     pub audience: String,
     pub access_token: String,
-    pub expires_on: OffsetDateTime,
-    pub claims: Value,
 }
 
 /// The fake token service. Cheap to clone: clones share state, so a test keeps one handle while
@@ -167,11 +165,6 @@ impl FakeEntra {
 
     // ---- configuration (builder style; clones share state, so these also work after start) ----
 
-    pub fn with_tenant(self, tenant_id: impl Into<String>) -> Self {
-        self.state().tenant_id = tenant_id.into();
-        self
-    }
-
     /// The service principal `ClientSecretCredential` authenticates as.
     pub fn with_client(self, client_id: impl Into<String>, secret: impl Into<String>) -> Self {
         {
@@ -179,33 +172,6 @@ impl FakeEntra {
             s.client_id = client_id.into();
             s.client_secret = secret.into();
         }
-        self
-    }
-
-    /// `oid`/`sub` of the service principal's tokens.
-    pub fn with_object_id(self, object_id: impl Into<String>) -> Self {
-        self.state().object_id = object_id.into();
-        self
-    }
-
-    /// The managed identity: its client id (`appid`; a `client_id` query must match it) and
-    /// object id (`oid`).
-    pub fn with_managed_identity(
-        self,
-        client_id: impl Into<String>,
-        object_id: impl Into<String>,
-    ) -> Self {
-        {
-            let mut s = self.state();
-            s.mi_client_id = client_id.into();
-            s.mi_object_id = object_id.into();
-        }
-        self
-    }
-
-    /// The `x-identity-header` value the MSI endpoint expects (App Service's `IDENTITY_HEADER`).
-    pub fn with_identity_header(self, value: impl Into<String>) -> Self {
-        self.state().identity_header = value.into();
         self
     }
 
@@ -235,10 +201,6 @@ impl FakeEntra {
 
     pub fn pending_faults(&self) -> usize {
         self.state().faults.len()
-    }
-
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
     }
 
     // ---- what tests read ----
@@ -381,8 +343,6 @@ impl FakeEntra {
             form,
             audience: audience.to_owned(),
             access_token: token.clone(),
-            expires_on,
-            claims,
         });
         (token, expires_on)
     }

@@ -336,21 +336,6 @@ impl FakeMkio {
 
     // ---- configuration ----
 
-    pub fn with_project(self, project: impl Into<String>) -> Self {
-        self.state().project = project.into();
-        self
-    }
-
-    /// The bearer token requests must carry.
-    pub fn with_token(self, token: impl Into<String>) -> Self {
-        self.set_token(token);
-        self
-    }
-
-    pub fn set_token(&self, token: impl Into<String>) {
-        self.state().token = token.into();
-    }
-
     /// Assets per List Assets page (a `$top` below it wins).
     pub fn with_page_size(self, page_size: usize) -> Self {
         assert!(page_size > 0, "page size must be positive");
@@ -380,21 +365,11 @@ impl FakeMkio {
         insert_asset(&mut self.state(), asset);
     }
 
-    pub fn remove_asset(&self, name: &str) {
-        self.state()
-            .assets
-            .retain(|a| !a.name.eq_ignore_ascii_case(name));
-    }
-
     /// Adds (or replaces, by name) a storage instance.
     pub fn add_storage(&self, storage: FakeStorage) {
         let mut s = self.state();
         s.storages.retain(|x| x.name != storage.name);
         s.storages.push(storage);
-    }
-
-    pub fn remove_storage(&self, name: &str) {
-        self.state().storages.retain(|x| x.name != name);
     }
 
     /// When set, requests with the right token get 403 (the token lacks the capability).

@@ -1,6 +1,5 @@
 //! Test harness: settings over the bundled samples, a backend probe that counts (and can delay)
 //! every backend call, and the real server spawned on port 0.
-#![allow(dead_code)]
 
 pub mod azurite;
 pub mod fake_arm;

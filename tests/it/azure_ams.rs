@@ -13,17 +13,19 @@ use serde_json::Value;
 use support::azurite::{ACCOUNT, Azurite, KEY};
 use support::fake_arm::{ArmFault, ArmOp, FakeArm, FakeAsset};
 use support::fake_entra::{FakeEntra, TokenForm};
+use support::logs::Capture;
 use support::seed::{create_container, get_blob, put_blob};
 use support::{TestServer, assert_problem, tls};
 use uuid::Uuid;
 
 const ASSET_ID: &str = "1b648c1a-2268-461d-a1da-742bde23db40";
 
-fn assert_logs_hold_no_secrets(entra: &FakeEntra) {
-    support::logs::assert_no_secrets(Some(entra));
+fn assert_logs_hold_no_secrets(w: &World) {
+    w.logs.assert_no_secrets(Some(&w.entra));
 }
 
 struct World {
+    logs: Capture,
     entra: FakeEntra,
     arm: FakeArm,
     az: Azurite,
@@ -31,7 +33,7 @@ struct World {
 }
 
 async fn world() -> World {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let arm = FakeArm::start_https(pki).await;
@@ -63,6 +65,7 @@ async fn world() -> World {
             .storage_encryption_format("MediaStorageClientEncryption"),
     );
     World {
+        logs,
         entra,
         arm,
         az,
@@ -217,7 +220,7 @@ async fn ams_with_user_delegation_sas() {
     assert!(body["detail"].as_str().unwrap().contains("encrypt"));
     // One token per audience, reused: the credential caches it.
     assert!(w.entra.token_requests(TokenForm::ClientCredentials) <= 2);
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,7 +245,7 @@ async fn ams_with_account_key_sas_over_https() {
             .unwrap()
             .contains("spr=https&")
     );
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -355,13 +358,13 @@ async fn arm_throttling_forbidden_and_failures() {
     )
     .await;
 
-    let logs = support::logs::text();
+    let logs = w.logs.text();
     assert_eq!(
         logs.matches("AMS rejects the configuration").count(),
         1,
         "the misconfiguration is logged once, not per request"
     );
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 /// AMS mints container SAS URLs for Azurite, signed with the emulator's key (the real AMS signs
@@ -445,7 +448,7 @@ async fn ams_container_sas_lists_and_is_handed_out_only_when_opted_in() {
         left > time::Duration::minutes(110) && left <= time::Duration::hours(2),
         "{left}"
     );
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use support::azurite::{ACCOUNT, Azurite, KEY};
 use support::fake_arm::{ArmFault, ArmOp, FakeArm, FakeAsset};
 use support::fake_entra::FakeEntra;
 use support::fault_proxy::{Fault, FaultKind, FaultProxy, Target};
+use support::logs::Capture;
 use support::seed::{create_container, put_blob};
 use support::{TestServer, assert_problem, tls};
 
@@ -264,6 +265,7 @@ impl Calls {
 // ---- storage mode, through the fault proxy ----
 
 struct StorageWorld {
+    logs: Capture,
     az: Azurite,
     proxy: FaultProxy,
     server: TestServer,
@@ -275,7 +277,7 @@ struct StorageWorld {
 /// Storage mode (template), account-key listing and account-key SAS links, Azurite behind the
 /// proxy; `upstream` goes in the `[upstream]` table, `extra` holds more tables.
 async fn storage_world(upstream: &str, extra: &str) -> StorageWorld {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let az = Azurite::start_http().await;
     let proxy = FaultProxy::start(&az.blob_endpoint).await;
     let seed_client = reqwest::Client::new();
@@ -301,6 +303,7 @@ async fn storage_world(upstream: &str, extra: &str) -> StorageWorld {
             proxy: proxy.clone(),
         },
         calls: Calls::new(&proxy),
+        logs,
         az,
         proxy,
         server,
@@ -413,7 +416,7 @@ async fn storage_delayed_past_the_timeout() {
     w.calls
         .assert(PAGES, 2, "the listing, then two tries of the read");
     w.assert_recovers("after a slow read").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +456,7 @@ async fn storage_500_and_503_bursts() {
         .assert(3, 0, "1 + max_retries tries of the first page");
     w.assert_recovers("after a 503 burst").await;
 
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +504,7 @@ async fn storage_throttling_with_retry_after() {
         .await;
     w.calls.assert(3, 0, "1 + max_retries tries");
     w.assert_recovers("after throttling").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 /// A Storage `Retry-After` past the retry budget: no retry could succeed within it, so the
@@ -558,7 +561,7 @@ async fn storage_connection_reset() {
     w.assert_ok_after(PAGES, 2, "the listing, the reset read and its retry")
         .await;
     w.assert_recovers("after a reset read").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +593,7 @@ async fn storage_malformed_xml_is_502_and_not_cached() {
         .await;
     w.calls.assert(PAGES, 0, "both pages, once");
     w.assert_recovers("after a malformed second page").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 /// What a looping `NextMarker` should give: a 502 as soon as a marker repeats.
@@ -674,12 +677,13 @@ async fn azurite_stopped_during_a_load_then_restarted() {
     seed(&w.seed_client, &w.az, &w.checker.container).await;
     w.assert_recovers("after Azurite restarted").await;
     assert_eq!(w.server.get("/readyz").await.status(), 200);
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 // ---- AMS mode: faults of the fake ARM ----
 
 struct ArmWorld {
+    logs: Capture,
     entra: FakeEntra,
     arm: FakeArm,
     _az: Azurite,
@@ -690,7 +694,7 @@ struct ArmWorld {
 
 /// AMS mode: the fake Entra and ARM over HTTPS, Azurite (http, account key) behind the proxy.
 async fn arm_world(upstream: &str) -> ArmWorld {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let arm = FakeArm::start_https(pki).await;
@@ -756,6 +760,7 @@ ca_file = "{ca}"
             proxy: proxy.clone(),
         },
         calls: Calls::new(&proxy),
+        logs,
         entra,
         arm,
         _az: az,
@@ -832,7 +837,7 @@ async fn arm_delayed_past_the_timeout() {
     w.checker.assert_ok(response).await;
     w.calls.take();
     w.assert_recovers("after one ARM timeout").await;
-    support::logs::assert_no_secrets(Some(&w.entra));
+    w.logs.assert_no_secrets(Some(&w.entra));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,5 +963,5 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
         w.arm.pending_faults(ArmOp::Get) + w.arm.pending_faults(ArmOp::List),
         0
     );
-    support::logs::assert_no_secrets(Some(&w.entra));
+    w.logs.assert_no_secrets(Some(&w.entra));
 }

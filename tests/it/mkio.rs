@@ -357,18 +357,17 @@ async fn storage_that_cannot_be_served() {
 // Failures
 // ------------------------------------------------------------------------------------------
 
-/// Every scenario that makes the catalog log "rejects the configuration" is in this one test,
-/// so that the count of those lines is this test's own.
+/// Every scenario that makes the catalog log "rejects the configuration", each counted in this
+/// test's own log capture.
 #[tokio::test]
 async fn rejected_token_forbidden_and_unknown_project_are_misconfigured_and_logged_once() {
-    let logs_before = || {
-        support::logs::text()
+    let logs = support::logs::capture();
+    let rejections = || {
+        logs.text()
             .matches("MK.IO rejects the configuration")
             .count()
     };
-    support::logs::captured();
     let fake = fake_with_asset().await;
-    let before = logs_before();
 
     // 401: never retried, logged once however often it happens.
     let wrong = settings_for(&fake.base_url(), &fake.project(), Some("not-the-token"));
@@ -384,7 +383,7 @@ async fn rejected_token_forbidden_and_unknown_project_are_misconfigured_and_logg
     assert_eq!(fake.hits(MkioOp::GetAsset), 3);
     assert_eq!(fake.total_hits(), 3);
     assert!(catalog.check().await.is_err());
-    assert_eq!(logs_before() - before, 1, "logged once");
+    assert_eq!(rejections(), 1, "logged once");
 
     // 403.
     fake.set_forbidden(true);
@@ -408,8 +407,8 @@ async fn rejected_token_forbidden_and_unknown_project_are_misconfigured_and_logg
         catalog.check().await.unwrap_err(),
         "MK.IO does not know the configured project"
     );
-    assert_eq!(logs_before() - before, 3, "once per catalog");
-    assert_no_secrets(&fake, &support::logs::text());
+    assert_eq!(rejections(), 3, "once per catalog");
+    assert_no_secrets(&fake, &logs.text());
 }
 
 #[tokio::test]

@@ -45,7 +45,7 @@ async fn get_with(
 
 #[tokio::test]
 async fn api_keys_guard_the_asset_routes() {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let server = TestServer::start(keyed("")).await;
     let path = "/assets/builtin-preset/thumbnails";
 
@@ -108,7 +108,7 @@ async fn api_keys_guard_the_asset_routes() {
             "{public}"
         );
     }
-    let logs = support::logs::text();
+    let logs = logs.text();
     for key in [FRONTEND_KEY, NEXT_KEY, OPERATOR_KEY] {
         assert!(!logs.contains(key), "a key in the logs");
     }

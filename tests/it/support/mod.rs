@@ -10,6 +10,7 @@ pub mod fake_mkio;
 pub mod fault_proxy;
 pub mod logs;
 pub mod odata;
+pub mod own_process;
 pub mod sas;
 pub mod seed;
 pub mod tls;

@@ -289,6 +289,8 @@ retry_budget = "3s"
 async fn ams_generates_thumbnails_that_then_resolve_and_load() {
     let w = ams_world().await;
     let server = TestServer::start(ams_settings(&w, "")).await;
+    let scrape = || async { server.get("/metrics").await.text().await.unwrap() };
+    let metrics_before = scrape().await;
     let client = Client::new();
     let jpeg = sample(JPEG);
     // The fake's jobs advance one step per GET, and a repeated generate GETs the job first:
@@ -437,14 +439,25 @@ async fn ams_generates_thumbnails_that_then_resolve_and_load() {
     assert_eq!(names(&png_body).len(), 2, "{png_body}");
     assert_eq!(calls(&w.arm), [2, 2, 2]);
 
-    let metrics = server.get("/metrics").await.text().await.unwrap();
+    // Other tests share the recorder: what this test did is at least the increase.
+    let metrics = scrape().await;
+    let increase = |name: &str, labels: &[(&str, &str)]| {
+        support::metric(&metrics, name, labels) - support::metric(&metrics_before, name, labels)
+    };
+    let submitted = "thumbnail_jobs_submitted_total";
+    let ams = ("backend", "ams");
     assert!(
-        metrics.contains(r#"thumbnail_jobs_submitted_total{backend="ams",result="created"}"#),
+        increase(submitted, &[ams, ("result", "created")]) >= 2.0,
         "{metrics}"
     );
-    assert!(metrics.contains(r#"thumbnail_jobs_submitted_total{backend="ams",result="existing"}"#));
-    assert!(metrics.contains(r#"thumbnail_jobs_completed_total{backend="ams",state="Finished"}"#));
-    assert!(metrics.contains(r#"operation="put_job""#));
+    assert!(increase(submitted, &[ams, ("result", "existing")]) >= 4.0);
+    assert!(
+        increase(
+            "thumbnail_jobs_completed_total",
+            &[ams, ("state", "Finished")]
+        ) >= 2.0
+    );
+    assert!(increase("upstream_requests_total", &[ams, ("operation", "put_job")]) >= 2.0);
     w.logs.assert_no_secrets(Some(&w.entra));
 }
 

@@ -287,3 +287,22 @@ pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
         .to_owned();
     (status, body)
 }
+
+/// The sum of the samples of `name` whose labels include `labels`, in a Prometheus text scrape.
+///
+/// The recorder is process-wide and every test shares it: compare two scrapes taken around what
+/// a test does (a delta), and expect other tests' increments in that delta too (at least, not
+/// exactly).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            let rest = &l[name.len()..];
+            (rest.starts_with('{') || rest.starts_with(' '))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}

@@ -1,6 +1,6 @@
-//! Proves the test fakes (tests/support/fake_entra.rs, tests/support/fake_arm.rs, and the
-//! encoding half of fake_arm.rs / fake_mkio.rs in tests/support/fake_encoder.rs) behave like the
-//! services they stand in for, so tests built on them test the service, not the fakes.
+//! Proves the test fakes (tests/it/support/fake_entra.rs, tests/it/support/fake_arm.rs, and the
+//! encoding half of fake_arm.rs / fake_mkio.rs in tests/it/support/fake_encoder.rs) behave like
+//! the services they stand in for, so tests built on them test the service, not the fakes.
 
 use crate::support;
 
@@ -908,7 +908,7 @@ async fn arm_router_serves_over_plain_http_with_next_links_to_the_set_base() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Encoding (tests/support/fake_encoder.rs): the shared rules
+// Encoding (tests/it/support/fake_encoder.rs): the shared rules
 // ------------------------------------------------------------------------------------------
 
 #[test]

@@ -1,7 +1,7 @@
-//! The MK.IO catalog (src/source/mkio.rs) against the fake MK.IO (tests/support/fake_mkio.rs)
-//! over HTTPS with the test CA: lookups by name, GUID and alternate id (across pages, every
-//! nextLink form), storage instances resolved once, subPath prefixes, and every failure mapped
-//! to its `SourceError`. A few tests check the fake itself against the docs payloads.
+//! The MK.IO catalog (src/source/mkio.rs) against the fake MK.IO
+//! (tests/it/support/fake_mkio.rs) over HTTPS with the test CA: lookups by name, GUID and
+//! alternate id (across pages, every nextLink form), storage instances resolved once, subPath
+//! prefixes, and every failure mapped to its `SourceError`. A few tests check the fake itself against the docs payloads.
 
 use crate::support;
 

@@ -1523,7 +1523,7 @@ fn filter_matches(filter: &Filter, asset: &FakeAsset) -> bool {
 
 // ---- JSON built from the examples ----
 
-/// Success bodies from `tests/fixtures/ams-examples`, loaded once per test binary.
+/// Success bodies from `tests/fixtures/ams-examples`, loaded once per test process.
 struct Templates {
     get: Value,
     list: Value,

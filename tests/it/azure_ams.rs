@@ -11,8 +11,9 @@ use ams_thumbnails::Settings;
 use futures::future::join_all;
 use serde_json::Value;
 use support::azurite::{ACCOUNT, Azurite, KEY};
-use support::fake_arm::{ArmFault, ArmOp, FakeArm, FakeAsset};
+use support::fake_arm::{ArmOp, FakeArm, FakeAsset};
 use support::fake_entra::{FakeEntra, TokenForm};
+use support::faults::RestFault;
 use support::logs::Capture;
 use support::seed::{create_container, get_blob, put_blob};
 use support::{TestServer, assert_problem, tls};
@@ -293,8 +294,8 @@ async fn arm_throttling_forbidden_and_failures() {
     // 429 with a short Retry-After: waited out within the budget, then answered.
     w.arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 1,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(1),
         },
     );
     let started = std::time::Instant::now();
@@ -313,8 +314,8 @@ async fn arm_throttling_forbidden_and_failures() {
     // 429 asking for longer than the budget: 503 with Retry-After, at once.
     w.arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 60,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(60),
         },
     );
     let started = std::time::Instant::now();
@@ -324,7 +325,7 @@ async fn arm_throttling_forbidden_and_failures() {
     assert_problem(response, 503, "upstream-unavailable").await;
 
     // 500 bursts are retried.
-    w.arm.push_faults(ArmOp::Get, ArmFault::Status(500), 2);
+    w.arm.push_faults(ArmOp::Get, RestFault::Status(500), 2);
     assert_eq!(server.get(path).await.status(), 200);
     server
         .state
@@ -333,7 +334,7 @@ async fn arm_throttling_forbidden_and_failures() {
         .await;
 
     // Malformed JSON: 502, not cached, recovers.
-    w.arm.push_fault(ArmOp::Get, ArmFault::MalformedJson);
+    w.arm.push_fault(ArmOp::Get, RestFault::MalformedJson);
     assert_problem(server.get(path).await, 502, "upstream-error").await;
     assert_eq!(server.get(path).await.status(), 200);
     server
@@ -350,7 +351,7 @@ async fn arm_throttling_forbidden_and_failures() {
     assert_eq!(server.get(path).await.status(), 200);
 
     // A nextLink that loops: a failure, not an endless walk.
-    w.arm.push_fault(ArmOp::List, ArmFault::NextLinkLoop);
+    w.arm.push_fault(ArmOp::List, RestFault::NextLinkLoop);
     assert_problem(
         server.get("/assets/CLIMB-LOOP/thumbnails").await,
         502,

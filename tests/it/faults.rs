@@ -14,9 +14,10 @@ use ams_thumbnails::Settings;
 use ams_thumbnails::asset_id::AssetId;
 use serde_json::Value;
 use support::azurite::{ACCOUNT, Azurite, KEY};
-use support::fake_arm::{ArmFault, ArmOp, FakeArm, FakeAsset};
+use support::fake_arm::{ArmOp, FakeArm, FakeAsset};
 use support::fake_entra::FakeEntra;
 use support::fault_proxy::{Fault, FaultKind, FaultProxy, Target};
+use support::faults::RestFault;
 use support::logs::Capture;
 use support::seed::{create_container, put_blob};
 use support::{TestServer, assert_problem, tls};
@@ -816,7 +817,7 @@ async fn arm_delayed_past_the_timeout() {
 
     // Both tries outlast the per-try timeout: 504, no storage call.
     w.arm
-        .push_faults(ArmOp::Get, ArmFault::Delay(Duration::from_millis(1500)), 2);
+        .push_faults(ArmOp::Get, RestFault::Delay(Duration::from_millis(1500)), 2);
     let before = w.arm_hits();
     let (response, took) = w.list().await;
     w.checker
@@ -829,7 +830,7 @@ async fn arm_delayed_past_the_timeout() {
 
     // One slow try: the retry answers.
     w.arm
-        .push_fault(ArmOp::Get, ArmFault::Delay(Duration::from_millis(1500)));
+        .push_fault(ArmOp::Get, RestFault::Delay(Duration::from_millis(1500)));
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     assert_eq!(w.arm_hits(), (before.0 + 2, before.1));
@@ -846,7 +847,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.assert_recovers("at start").await;
 
     // A dropped connection (HTTP/2: the stream is reset) is retried.
-    w.arm.push_fault(ArmOp::Get, ArmFault::DropConnection);
+    w.arm.push_fault(ArmOp::Get, RestFault::DropConnection);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     assert_eq!(
@@ -860,7 +861,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
 
     // Dropped on every try: 503 upstream-unavailable after 1 + max_retries tries.
     w.invalidate().await;
-    w.arm.push_faults(ArmOp::Get, ArmFault::DropConnection, 2);
+    w.arm.push_faults(ArmOp::Get, RestFault::DropConnection, 2);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     w.checker
@@ -871,7 +872,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.assert_recovers("after dropped connections").await;
 
     // A 500 burst within the retries: answered after 1 + burst tries.
-    w.arm.push_fault(ArmOp::Get, ArmFault::Status(500));
+    w.arm.push_fault(ArmOp::Get, RestFault::Status(500));
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     assert_eq!(w.arm_hits(), (before.0 + 2, before.1));
@@ -881,7 +882,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.invalidate().await;
 
     // Longer than the retries: 502 after 1 + max_retries tries.
-    w.arm.push_faults(ArmOp::Get, ArmFault::Status(500), 2);
+    w.arm.push_faults(ArmOp::Get, RestFault::Status(500), 2);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     w.checker
@@ -894,8 +895,8 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     // 429 with Retry-After within the budget: waited out, one retry.
     w.arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 1,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(1),
         },
     );
     let before = w.arm_hits();
@@ -908,7 +909,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.invalidate().await;
 
     // Malformed JSON: 502 at once, not cached.
-    w.arm.push_fault(ArmOp::Get, ArmFault::MalformedJson);
+    w.arm.push_fault(ArmOp::Get, RestFault::MalformedJson);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     w.checker
@@ -924,7 +925,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
 
     // A looping nextLink (alternate-id lookup): 502 after Get, the page and its loop; not
     // cached, so the same id is looked up again (and now not found).
-    w.arm.push_fault(ArmOp::List, ArmFault::NextLinkLoop);
+    w.arm.push_fault(ArmOp::List, RestFault::NextLinkLoop);
     let before = w.arm_hits();
     let (checked, _) = w
         .checker

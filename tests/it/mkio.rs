@@ -14,9 +14,8 @@ use ams_thumbnails::source::mkio::{MkioCatalog, MkioSourceSettings};
 use ams_thumbnails::source::{AssetLocation, Catalog, HealthCheck, SourceError};
 use futures::future::join_all;
 use serde_json::Value;
-use support::fake_mkio::{
-    self, FakeMkio, FakeMkioAsset, FakeStorage, MkioFault, MkioOp, NextLinkForm,
-};
+use support::fake_mkio::{self, FakeMkio, FakeMkioAsset, FakeStorage, MkioOp, NextLinkForm};
+use support::faults::RestFault;
 use support::tls;
 use uuid::Uuid;
 
@@ -419,8 +418,8 @@ async fn throttling_is_retried_with_and_without_retry_after() {
     // Retry-After: 1 is honoured.
     fake.push_fault(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests {
-            retry_after: Some(1),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(1),
         },
     );
     let started = Instant::now();
@@ -431,7 +430,9 @@ async fn throttling_is_retried_with_and_without_retry_after() {
     // No Retry-After: backoff (200 ms, 400 ms, jittered).
     fake.push_faults(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests { retry_after: None },
+        RestFault::TooManyRequests {
+            retry_after_secs: None,
+        },
         2,
     );
     let started = Instant::now();
@@ -446,9 +447,11 @@ async fn throttling_is_retried_with_and_without_retry_after() {
     // The storage and list calls are retried the same way.
     fake.push_fault(
         MkioOp::ListAssets,
-        MkioFault::TooManyRequests { retry_after: None },
+        RestFault::TooManyRequests {
+            retry_after_secs: None,
+        },
     );
-    fake.push_fault(MkioOp::GetStorage, MkioFault::Status(500));
+    fake.push_fault(MkioOp::GetStorage, RestFault::Status(500));
     let fresh = catalog_with(&settings(&fake), &upstream(3, Duration::from_secs(5)));
     fresh.locate(&id("CLIMB00002")).await.unwrap();
     assert_eq!(fake.hits(MkioOp::ListAssets), 2);
@@ -464,8 +467,8 @@ async fn throttling_beyond_the_budget_is_throttled() {
     // A Retry-After beyond the budget: no wait, no retry; the wait is passed on.
     fake.push_fault(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests {
-            retry_after: Some(60),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(60),
         },
     );
     let started = Instant::now();
@@ -486,7 +489,9 @@ async fn throttling_beyond_the_budget_is_throttled() {
     // Without Retry-After: as many retries as allowed, then throttled with no hint.
     fake.push_faults(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests { retry_after: None },
+        RestFault::TooManyRequests {
+            retry_after_secs: None,
+        },
         5,
     );
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
@@ -504,10 +509,10 @@ async fn throttling_beyond_the_budget_is_throttled() {
     fake.clear_faults();
 
     // 5xx: 503 past the budget is throttling, other 5xx an upstream error.
-    fake.push_faults(MkioOp::GetAsset, MkioFault::Status(503), 3);
+    fake.push_faults(MkioOp::GetAsset, RestFault::Status(503), 3);
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
     assert!(matches!(err, SourceError::Throttled { .. }), "{err:?}");
-    fake.push_faults(MkioOp::GetAsset, MkioFault::Status(500), 3);
+    fake.push_faults(MkioOp::GetAsset, RestFault::Status(500), 3);
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
     assert!(
         matches!(&err, SourceError::Upstream { message, .. } if message.contains("500")),
@@ -515,7 +520,7 @@ async fn throttling_beyond_the_budget_is_throttled() {
     );
     // Other 4xx: not retried.
     fake.reset_counters();
-    fake.push_fault(MkioOp::GetAsset, MkioFault::Status(400));
+    fake.push_fault(MkioOp::GetAsset, RestFault::Status(400));
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
     assert!(matches!(err, SourceError::Upstream { .. }), "{err:?}");
     assert_eq!(fake.hits(MkioOp::GetAsset), 1);
@@ -526,14 +531,14 @@ async fn malformed_json_is_an_upstream_error_and_not_cached() {
     let fake = fake_with_asset().await;
     let catalog = catalog(&fake);
     for op in [MkioOp::GetAsset, MkioOp::GetStorage] {
-        fake.push_fault(op, MkioFault::MalformedJson);
+        fake.push_fault(op, RestFault::MalformedJson);
         let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
         assert!(
             matches!(&err, SourceError::Upstream { message, .. } if message.contains("malformed")),
             "{op:?}: {err:?}"
         );
     }
-    fake.push_fault(MkioOp::ListAssets, MkioFault::MalformedJson);
+    fake.push_fault(MkioOp::ListAssets, RestFault::MalformedJson);
     let err = catalog.locate(&id("CLIMB00002")).await.unwrap_err();
     assert!(matches!(err, SourceError::Upstream { .. }), "{err:?}");
     // The failed storage read left nothing behind.
@@ -546,7 +551,7 @@ async fn malformed_json_is_an_upstream_error_and_not_cached() {
 async fn a_looping_next_link_is_an_upstream_error() {
     let fake = fake_with_asset().await;
     let catalog = catalog(&fake);
-    fake.push_fault(MkioOp::ListAssets, MkioFault::NextLinkLoop);
+    fake.push_fault(MkioOp::ListAssets, RestFault::NextLinkLoop);
     let err = catalog.locate(&id("NotAnAlternateId")).await.unwrap_err();
     assert!(
         matches!(&err, SourceError::Upstream { message, .. } if message.contains("loops")),
@@ -597,7 +602,7 @@ async fn unreachable_and_slow_upstreams() {
     let fake = fake_with_asset().await;
     fake.push_faults(
         MkioOp::GetAsset,
-        MkioFault::Delay(Duration::from_secs(2)),
+        RestFault::Delay(Duration::from_secs(2)),
         2,
     );
     let catalog = MkioCatalog::new(
@@ -613,7 +618,7 @@ async fn unreachable_and_slow_upstreams() {
 
     // A dropped connection is retried.
     fake.clear_faults();
-    fake.push_fault(MkioOp::GetAsset, MkioFault::DropConnection);
+    fake.push_fault(MkioOp::GetAsset, RestFault::DropConnection);
     catalog_with(&settings(&fake), &upstream(2, Duration::from_secs(3)))
         .locate(&id("ClimbingMountAdams"))
         .await
@@ -678,8 +683,8 @@ async fn health_check_lists_one_asset() {
     assert_eq!(fake.hits(MkioOp::ListAssets), 1);
     fake.push_faults(
         MkioOp::ListAssets,
-        MkioFault::TooManyRequests {
-            retry_after: Some(60),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(60),
         },
         1,
     );
@@ -797,8 +802,8 @@ async fn fake_bodies_have_the_shape_of_the_docs_payloads() {
     assert!(body["ref"].is_string());
     fake.push_fault(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests {
-            retry_after: Some(3),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(3),
         },
     );
     let response = tls::client(tls::shared())

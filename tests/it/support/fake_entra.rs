@@ -18,7 +18,7 @@
 //! Everything a test may want to assert on is recorded: requests per form, every token issued
 //! (to check none of them ever shows up in logs), and faults can be queued for the next requests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::faults::FaultQueue;
 use super::tls::{self, TestPki};
 
 /// HMAC key the fake signs its tokens with. Azurite does not check signatures; the fake ARM does,
@@ -95,7 +96,8 @@ struct EntraState {
     mi_object_id: String,
     identity_header: String,
     lifetime: Duration,
-    faults: VecDeque<EntraFault>,
+    /// One operation: a token request, of either form.
+    faults: FaultQueue<(), EntraFault>,
     requests: HashMap<TokenForm, usize>,
     issued: Vec<IssuedToken>,
 }
@@ -120,7 +122,7 @@ impl FakeEntra {
                 mi_object_id: DEFAULT_MI_OBJECT_ID.to_owned(),
                 identity_header: DEFAULT_IDENTITY_HEADER.to_owned(),
                 lifetime: Duration::from_secs(3600),
-                faults: VecDeque::new(),
+                faults: FaultQueue::default(),
                 requests: HashMap::new(),
                 issued: Vec::new(),
             })),
@@ -190,17 +192,16 @@ impl FakeEntra {
 
     /// Queues a fault for the next token request of either form.
     pub fn push_fault(&self, fault: EntraFault) {
-        self.state().faults.push_back(fault);
+        self.state().faults.push((), fault);
     }
 
     /// Queues the same fault for the next `times` token requests.
     pub fn push_faults(&self, fault: EntraFault, times: usize) {
-        let mut s = self.state();
-        s.faults.extend(std::iter::repeat_n(fault, times));
+        self.state().faults.push_n((), fault, times);
     }
 
     pub fn pending_faults(&self) -> usize {
-        self.state().faults.len()
+        self.state().faults.pending(&())
     }
 
     // ---- what tests read ----
@@ -308,7 +309,7 @@ impl FakeEntra {
         let fault = {
             let mut s = self.state();
             *s.requests.entry(form).or_default() += 1;
-            s.faults.pop_front()
+            s.faults.next(&())
         };
         match fault {
             None => None,

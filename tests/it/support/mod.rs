@@ -8,6 +8,7 @@ pub mod fake_entra;
 pub mod fake_jwks;
 pub mod fake_mkio;
 pub mod fault_proxy;
+pub mod faults;
 pub mod logs;
 pub mod odata;
 pub mod own_process;

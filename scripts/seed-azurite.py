@@ -41,7 +41,7 @@ DEFAULT_ENDPOINT = f"http://127.0.0.1:10000/{ACCOUNT}"
 # Namespace of the sample GUIDs: uuid5(SAMPLE_NAMESPACE, folder name).
 SAMPLE_NAMESPACE = uuid.UUID("6f1f3c2e-8a4b-5d7e-9c0a-1b2d3e4f5a6b")
 
-# Account SAS, signed version 2020-12-06 and later (same values as tests/support/seed.rs).
+# Account SAS, signed version 2020-12-06 and later (same values as tests/it/support/seed.rs).
 SAS_VERSION = "2025-11-05"
 SAS_SERVICES = "b"  # blob
 SAS_RESOURCE_TYPES = "sco"  # service, container, object

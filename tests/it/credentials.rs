@@ -2,9 +2,10 @@
 //! served by the fake Entra) lists Azurite over HTTPS and signs user delegation SAS URLs; the
 //! delegation key is reused, then renewed before it gets too short.
 //!
-//! Its own test binary: the managed identity is configured through process environment.
+//! In a process of its own (`support::own_process`): the managed identity is configured
+//! through the process environment, which every other test would share.
 
-mod support;
+use crate::support;
 
 use ams_thumbnails::Settings;
 use serde_json::Value;
@@ -15,9 +16,24 @@ use support::{TestServer, tls};
 
 const GUID: &str = "0d7c9a2e-4c63-4d9f-9a0e-5b1f2c3d4e5f";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn managed_identity_lists_and_signs_with_renewed_delegation_keys() {
-    support::logs::captured();
+#[test]
+fn managed_identity_lists_and_signs_with_renewed_delegation_keys() {
+    support::own_process::run(
+        module_path!(),
+        "managed_identity_lists_and_signs_with_renewed_delegation_keys",
+        || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(managed_identity())
+        },
+    );
+}
+
+async fn managed_identity() {
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let az = Azurite::start_https_oauth(pki).await;
@@ -36,7 +52,8 @@ async fn managed_identity_lists_and_signs_with_renewed_delegation_keys() {
     )
     .await;
 
-    // SAFETY: this binary has this one test; nothing else reads the environment concurrently.
+    // SAFETY: this process runs this one test (`support::own_process`); nothing else reads the
+    // environment concurrently.
     unsafe {
         std::env::set_var("IDENTITY_ENDPOINT", entra.msi_endpoint());
         std::env::set_var("IDENTITY_HEADER", entra.identity_header());
@@ -90,11 +107,7 @@ ca_file = "{ca}"
             .0,
         200
     );
-    let keys = || {
-        support::logs::text()
-            .matches("user delegation key obtained")
-            .count()
-    };
+    let keys = || logs.text().matches("user delegation key obtained").count();
     assert_eq!(keys(), 1, "one key for both answers");
 
     // …and renewed once less than two URL lifetimes remain (key lifetime: 4 × 3 s).
@@ -105,5 +118,5 @@ ca_file = "{ca}"
     assert_eq!(keys(), 2, "renewed");
     // The first URL has expired by now: Azurite refuses it.
     assert_eq!(get_blob(&client, &url).await.0, 403);
-    support::logs::assert_no_secrets(Some(&entra));
+    logs.assert_no_secrets(Some(&entra));
 }

@@ -3,7 +3,7 @@
 //! The service's own guard (`auth::authenticate` with a `JwtValidator`) runs in front of stand-in
 //! handlers for each route group, so every answer here is the guard's.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use support::fake_jwks::{FakeJwks, TENANT, TestKey};
+use support::logs::Capture;
 use support::tls;
 
 const AUDIENCE: &str = "api://ams-thumbnails";
@@ -198,8 +199,8 @@ async fn get(app: &Router, token: &str) -> Answer {
 }
 
 /// Asserts that no captured log line holds any of `tokens` or their signatures.
-fn assert_not_logged(tokens: &[&str]) {
-    let logs = support::logs::text();
+fn assert_not_logged(logs: &Capture, tokens: &[&str]) {
+    let logs = logs.text();
     for token in tokens {
         assert!(!logs.contains(token), "a bearer token in the logs");
         let signature = token.rsplit('.').next().unwrap();
@@ -209,7 +210,7 @@ fn assert_not_logged(tokens: &[&str]) {
 
 #[tokio::test]
 async fn valid_tokens_get_the_roles_their_claims_map_to() {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let jwks = FakeJwks::start(tls::shared()).await;
     let key = TestKey::rsa("rsa-key-1");
     jwks.publish(&[&key]);
@@ -266,18 +267,21 @@ async fn valid_tokens_get_the_roles_their_claims_map_to() {
     assert_eq!(anonymous.challenge(), "Bearer realm=\"ams-thumbnails\"");
 
     assert_eq!(jwks.hits(), 1, "the keys are fetched once and cached");
-    let logs = support::logs::text();
+    let text = logs.text();
     assert!(
-        logs.contains(&format!("client={OBJECT_ID}"))
-            || logs.contains(&format!("client=\"{OBJECT_ID}\"")),
+        text.contains(&format!("client={OBJECT_ID}"))
+            || text.contains(&format!("client=\"{OBJECT_ID}\"")),
         "the token's subject is logged as the client"
     );
-    assert_not_logged(&[&reader, &uri_audience, &delegated, &admin, &ops, &stranger]);
+    assert_not_logged(
+        &logs,
+        &[&reader, &uri_audience, &delegated, &admin, &ops, &stranger],
+    );
 }
 
 #[tokio::test]
 async fn refused_tokens_get_401_invalid_token() {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let jwks = FakeJwks::start(tls::shared()).await;
     let key = TestKey::rsa("rsa-key-1");
     let impostor = TestKey::rsa("rsa-key-1");
@@ -419,7 +423,10 @@ async fn refused_tokens_get_401_invalid_token() {
         401
     );
     assert_eq!(jwks.hits(), 1, "refusals cost no extra fetch");
-    assert_not_logged(&tokens.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_not_logged(
+        &logs,
+        &tokens.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 }
 
 #[tokio::test]
@@ -719,7 +726,7 @@ fn service_settings(jwks: &FakeJwks, extra_jwt: &str) -> ams_thumbnails::Setting
 
 #[tokio::test]
 async fn the_service_accepts_entra_tokens_from_its_configuration() {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let jwks = FakeJwks::start(tls::shared()).await;
     let key = TestKey::rsa("service-key");
     jwks.publish(&[&key]);
@@ -796,13 +803,13 @@ async fn the_service_accepts_entra_tokens_from_its_configuration() {
     support::assert_problem(response, 401, "unauthorized").await;
     assert_eq!(jwks.hits(), 1, "one fetch for the whole test");
 
-    let logs = support::logs::text();
+    let text = logs.text();
     assert!(
-        logs.contains(&format!("client={OBJECT_ID}"))
-            || logs.contains(&format!("client=\"{OBJECT_ID}\"")),
+        text.contains(&format!("client={OBJECT_ID}"))
+            || text.contains(&format!("client=\"{OBJECT_ID}\"")),
         "the subject is logged as the client"
     );
-    assert_not_logged(&[&reader, &admin, &ops, &expired, &unknown]);
+    assert_not_logged(&logs, &[&reader, &admin, &ops, &expired, &unknown]);
     server.stop().await.unwrap();
 }
 

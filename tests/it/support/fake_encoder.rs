@@ -1005,12 +1005,6 @@ pub fn mkio_outputs(
 // ------------------------------------------------------------------------------------------
 
 impl OutputSink {
-    pub fn new(blob_endpoint: impl Into<String>) -> Self {
-        Self {
-            blob_endpoint: blob_endpoint.into().trim_end_matches('/').to_owned(),
-        }
-    }
-
     /// A fresh client (no pooled connections: the fake may outlive the runtime of the test that
     /// set the sink) trusting the test CA, for Azurite over http or https.
     fn client(&self) -> reqwest::Client {

@@ -2,7 +2,7 @@
 //! PKI), the account SAS signer is accepted (and a wrong signature refused), and seeded blobs read
 //! back byte for byte.
 
-mod support;
+use crate::support;
 
 use support::azurite::{ACCOUNT, Azurite, KEY};
 use support::seed::{self, account_sas, create_container, get_blob, put_blob};

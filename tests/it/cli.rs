@@ -1,8 +1,6 @@
 //! The binary: `check-config`, `resolve`, start-up failures that name the key, and a graceful
 //! exit on SIGTERM.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! SAS URLs fetched back from Azurite. Every log line of the run, at debug level, is captured
 //! and searched for secrets.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -11,19 +11,22 @@ use ams_thumbnails::Settings;
 use futures::future::join_all;
 use serde_json::Value;
 use support::azurite::{ACCOUNT, Azurite, KEY};
-use support::fake_arm::{ArmFault, ArmOp, FakeArm, FakeAsset};
+use support::fake_arm::{ArmOp, FakeArm, FakeAsset};
 use support::fake_entra::{FakeEntra, TokenForm};
+use support::faults::RestFault;
+use support::logs::Capture;
 use support::seed::{create_container, get_blob, put_blob};
 use support::{TestServer, assert_problem, tls};
 use uuid::Uuid;
 
 const ASSET_ID: &str = "1b648c1a-2268-461d-a1da-742bde23db40";
 
-fn assert_logs_hold_no_secrets(entra: &FakeEntra) {
-    support::logs::assert_no_secrets(Some(entra));
+fn assert_logs_hold_no_secrets(w: &World) {
+    w.logs.assert_no_secrets(Some(&w.entra));
 }
 
 struct World {
+    logs: Capture,
     entra: FakeEntra,
     arm: FakeArm,
     az: Azurite,
@@ -31,7 +34,7 @@ struct World {
 }
 
 async fn world() -> World {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let arm = FakeArm::start_https(pki).await;
@@ -63,6 +66,7 @@ async fn world() -> World {
             .storage_encryption_format("MediaStorageClientEncryption"),
     );
     World {
+        logs,
         entra,
         arm,
         az,
@@ -217,7 +221,7 @@ async fn ams_with_user_delegation_sas() {
     assert!(body["detail"].as_str().unwrap().contains("encrypt"));
     // One token per audience, reused: the credential caches it.
     assert!(w.entra.token_requests(TokenForm::ClientCredentials) <= 2);
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -242,7 +246,7 @@ async fn ams_with_account_key_sas_over_https() {
             .unwrap()
             .contains("spr=https&")
     );
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -290,8 +294,8 @@ async fn arm_throttling_forbidden_and_failures() {
     // 429 with a short Retry-After: waited out within the budget, then answered.
     w.arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 1,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(1),
         },
     );
     let started = std::time::Instant::now();
@@ -310,8 +314,8 @@ async fn arm_throttling_forbidden_and_failures() {
     // 429 asking for longer than the budget: 503 with Retry-After, at once.
     w.arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 60,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(60),
         },
     );
     let started = std::time::Instant::now();
@@ -321,7 +325,7 @@ async fn arm_throttling_forbidden_and_failures() {
     assert_problem(response, 503, "upstream-unavailable").await;
 
     // 500 bursts are retried.
-    w.arm.push_faults(ArmOp::Get, ArmFault::Status(500), 2);
+    w.arm.push_faults(ArmOp::Get, RestFault::Status(500), 2);
     assert_eq!(server.get(path).await.status(), 200);
     server
         .state
@@ -330,7 +334,7 @@ async fn arm_throttling_forbidden_and_failures() {
         .await;
 
     // Malformed JSON: 502, not cached, recovers.
-    w.arm.push_fault(ArmOp::Get, ArmFault::MalformedJson);
+    w.arm.push_fault(ArmOp::Get, RestFault::MalformedJson);
     assert_problem(server.get(path).await, 502, "upstream-error").await;
     assert_eq!(server.get(path).await.status(), 200);
     server
@@ -347,7 +351,7 @@ async fn arm_throttling_forbidden_and_failures() {
     assert_eq!(server.get(path).await.status(), 200);
 
     // A nextLink that loops: a failure, not an endless walk.
-    w.arm.push_fault(ArmOp::List, ArmFault::NextLinkLoop);
+    w.arm.push_fault(ArmOp::List, RestFault::NextLinkLoop);
     assert_problem(
         server.get("/assets/CLIMB-LOOP/thumbnails").await,
         502,
@@ -355,13 +359,13 @@ async fn arm_throttling_forbidden_and_failures() {
     )
     .await;
 
-    let logs = support::logs::text();
+    let logs = w.logs.text();
     assert_eq!(
         logs.matches("AMS rejects the configuration").count(),
         1,
         "the misconfiguration is logged once, not per request"
     );
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 /// AMS mints container SAS URLs for Azurite, signed with the emulator's key (the real AMS signs
@@ -445,7 +449,7 @@ async fn ams_container_sas_lists_and_is_handed_out_only_when_opted_in() {
         left > time::Duration::minutes(110) && left <= time::Duration::hours(2),
         "{left}"
     );
-    assert_logs_hold_no_secrets(&w.entra);
+    assert_logs_hold_no_secrets(&w);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! while one background refresh runs; a failing upstream keeps it up to `cache.max_stale`, and
 //! never with URLs below `cache.min_validity`; nothing usable cached -> a clear 503.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -1,9 +1,9 @@
-//! The MK.IO catalog (src/source/mkio.rs) against the fake MK.IO (tests/support/fake_mkio.rs)
-//! over HTTPS with the test CA: lookups by name, GUID and alternate id (across pages, every
-//! nextLink form), storage instances resolved once, subPath prefixes, and every failure mapped
-//! to its `SourceError`. A few tests check the fake itself against the docs payloads.
+//! The MK.IO catalog (src/source/mkio.rs) against the fake MK.IO
+//! (tests/it/support/fake_mkio.rs) over HTTPS with the test CA: lookups by name, GUID and
+//! alternate id (across pages, every nextLink form), storage instances resolved once, subPath
+//! prefixes, and every failure mapped to its `SourceError`. A few tests check the fake itself against the docs payloads.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,8 @@ use ams_thumbnails::source::mkio::{MkioCatalog, MkioSourceSettings};
 use ams_thumbnails::source::{AssetLocation, Catalog, HealthCheck, SourceError};
 use futures::future::join_all;
 use serde_json::Value;
-use support::fake_mkio::{
-    self, FakeMkio, FakeMkioAsset, FakeStorage, MkioFault, MkioOp, NextLinkForm,
-};
+use support::fake_mkio::{self, FakeMkio, FakeMkioAsset, FakeStorage, MkioOp, NextLinkForm};
+use support::faults::RestFault;
 use support::tls;
 use uuid::Uuid;
 
@@ -357,18 +356,17 @@ async fn storage_that_cannot_be_served() {
 // Failures
 // ------------------------------------------------------------------------------------------
 
-/// Every scenario that makes the catalog log "rejects the configuration" is in this one test,
-/// so that the count of those lines is this test's own.
+/// Every scenario that makes the catalog log "rejects the configuration", each counted in this
+/// test's own log capture.
 #[tokio::test]
 async fn rejected_token_forbidden_and_unknown_project_are_misconfigured_and_logged_once() {
-    let logs_before = || {
-        support::logs::text()
+    let logs = support::logs::capture();
+    let rejections = || {
+        logs.text()
             .matches("MK.IO rejects the configuration")
             .count()
     };
-    support::logs::captured();
     let fake = fake_with_asset().await;
-    let before = logs_before();
 
     // 401: never retried, logged once however often it happens.
     let wrong = settings_for(&fake.base_url(), &fake.project(), Some("not-the-token"));
@@ -384,7 +382,7 @@ async fn rejected_token_forbidden_and_unknown_project_are_misconfigured_and_logg
     assert_eq!(fake.hits(MkioOp::GetAsset), 3);
     assert_eq!(fake.total_hits(), 3);
     assert!(catalog.check().await.is_err());
-    assert_eq!(logs_before() - before, 1, "logged once");
+    assert_eq!(rejections(), 1, "logged once");
 
     // 403.
     fake.set_forbidden(true);
@@ -408,8 +406,8 @@ async fn rejected_token_forbidden_and_unknown_project_are_misconfigured_and_logg
         catalog.check().await.unwrap_err(),
         "MK.IO does not know the configured project"
     );
-    assert_eq!(logs_before() - before, 3, "once per catalog");
-    assert_no_secrets(&fake, &support::logs::text());
+    assert_eq!(rejections(), 3, "once per catalog");
+    assert_no_secrets(&fake, &logs.text());
 }
 
 #[tokio::test]
@@ -420,8 +418,8 @@ async fn throttling_is_retried_with_and_without_retry_after() {
     // Retry-After: 1 is honoured.
     fake.push_fault(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests {
-            retry_after: Some(1),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(1),
         },
     );
     let started = Instant::now();
@@ -432,7 +430,9 @@ async fn throttling_is_retried_with_and_without_retry_after() {
     // No Retry-After: backoff (200 ms, 400 ms, jittered).
     fake.push_faults(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests { retry_after: None },
+        RestFault::TooManyRequests {
+            retry_after_secs: None,
+        },
         2,
     );
     let started = Instant::now();
@@ -447,9 +447,11 @@ async fn throttling_is_retried_with_and_without_retry_after() {
     // The storage and list calls are retried the same way.
     fake.push_fault(
         MkioOp::ListAssets,
-        MkioFault::TooManyRequests { retry_after: None },
+        RestFault::TooManyRequests {
+            retry_after_secs: None,
+        },
     );
-    fake.push_fault(MkioOp::GetStorage, MkioFault::Status(500));
+    fake.push_fault(MkioOp::GetStorage, RestFault::Status(500));
     let fresh = catalog_with(&settings(&fake), &upstream(3, Duration::from_secs(5)));
     fresh.locate(&id("CLIMB00002")).await.unwrap();
     assert_eq!(fake.hits(MkioOp::ListAssets), 2);
@@ -465,8 +467,8 @@ async fn throttling_beyond_the_budget_is_throttled() {
     // A Retry-After beyond the budget: no wait, no retry; the wait is passed on.
     fake.push_fault(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests {
-            retry_after: Some(60),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(60),
         },
     );
     let started = Instant::now();
@@ -487,7 +489,9 @@ async fn throttling_beyond_the_budget_is_throttled() {
     // Without Retry-After: as many retries as allowed, then throttled with no hint.
     fake.push_faults(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests { retry_after: None },
+        RestFault::TooManyRequests {
+            retry_after_secs: None,
+        },
         5,
     );
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
@@ -505,10 +509,10 @@ async fn throttling_beyond_the_budget_is_throttled() {
     fake.clear_faults();
 
     // 5xx: 503 past the budget is throttling, other 5xx an upstream error.
-    fake.push_faults(MkioOp::GetAsset, MkioFault::Status(503), 3);
+    fake.push_faults(MkioOp::GetAsset, RestFault::Status(503), 3);
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
     assert!(matches!(err, SourceError::Throttled { .. }), "{err:?}");
-    fake.push_faults(MkioOp::GetAsset, MkioFault::Status(500), 3);
+    fake.push_faults(MkioOp::GetAsset, RestFault::Status(500), 3);
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
     assert!(
         matches!(&err, SourceError::Upstream { message, .. } if message.contains("500")),
@@ -516,7 +520,7 @@ async fn throttling_beyond_the_budget_is_throttled() {
     );
     // Other 4xx: not retried.
     fake.reset_counters();
-    fake.push_fault(MkioOp::GetAsset, MkioFault::Status(400));
+    fake.push_fault(MkioOp::GetAsset, RestFault::Status(400));
     let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
     assert!(matches!(err, SourceError::Upstream { .. }), "{err:?}");
     assert_eq!(fake.hits(MkioOp::GetAsset), 1);
@@ -527,14 +531,14 @@ async fn malformed_json_is_an_upstream_error_and_not_cached() {
     let fake = fake_with_asset().await;
     let catalog = catalog(&fake);
     for op in [MkioOp::GetAsset, MkioOp::GetStorage] {
-        fake.push_fault(op, MkioFault::MalformedJson);
+        fake.push_fault(op, RestFault::MalformedJson);
         let err = catalog.locate(&id("ClimbingMountAdams")).await.unwrap_err();
         assert!(
             matches!(&err, SourceError::Upstream { message, .. } if message.contains("malformed")),
             "{op:?}: {err:?}"
         );
     }
-    fake.push_fault(MkioOp::ListAssets, MkioFault::MalformedJson);
+    fake.push_fault(MkioOp::ListAssets, RestFault::MalformedJson);
     let err = catalog.locate(&id("CLIMB00002")).await.unwrap_err();
     assert!(matches!(err, SourceError::Upstream { .. }), "{err:?}");
     // The failed storage read left nothing behind.
@@ -547,7 +551,7 @@ async fn malformed_json_is_an_upstream_error_and_not_cached() {
 async fn a_looping_next_link_is_an_upstream_error() {
     let fake = fake_with_asset().await;
     let catalog = catalog(&fake);
-    fake.push_fault(MkioOp::ListAssets, MkioFault::NextLinkLoop);
+    fake.push_fault(MkioOp::ListAssets, RestFault::NextLinkLoop);
     let err = catalog.locate(&id("NotAnAlternateId")).await.unwrap_err();
     assert!(
         matches!(&err, SourceError::Upstream { message, .. } if message.contains("loops")),
@@ -598,7 +602,7 @@ async fn unreachable_and_slow_upstreams() {
     let fake = fake_with_asset().await;
     fake.push_faults(
         MkioOp::GetAsset,
-        MkioFault::Delay(Duration::from_secs(2)),
+        RestFault::Delay(Duration::from_secs(2)),
         2,
     );
     let catalog = MkioCatalog::new(
@@ -614,7 +618,7 @@ async fn unreachable_and_slow_upstreams() {
 
     // A dropped connection is retried.
     fake.clear_faults();
-    fake.push_fault(MkioOp::GetAsset, MkioFault::DropConnection);
+    fake.push_fault(MkioOp::GetAsset, RestFault::DropConnection);
     catalog_with(&settings(&fake), &upstream(2, Duration::from_secs(3)))
         .locate(&id("ClimbingMountAdams"))
         .await
@@ -679,8 +683,8 @@ async fn health_check_lists_one_asset() {
     assert_eq!(fake.hits(MkioOp::ListAssets), 1);
     fake.push_faults(
         MkioOp::ListAssets,
-        MkioFault::TooManyRequests {
-            retry_after: Some(60),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(60),
         },
         1,
     );
@@ -798,8 +802,8 @@ async fn fake_bodies_have_the_shape_of_the_docs_payloads() {
     assert!(body["ref"].is_string());
     fake.push_fault(
         MkioOp::GetAsset,
-        MkioFault::TooManyRequests {
-            retry_after: Some(3),
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(3),
         },
     );
     let response = tls::client(tls::shared())

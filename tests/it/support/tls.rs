@@ -32,15 +32,7 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    /// Generates a fresh CA and a leaf for `127.0.0.1`/`localhost` signed by it.
-    pub fn generate() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ams-thumbnails-pki-")
-            .tempdir()
-            .expect("temp dir for the test PKI");
-        Self::generate_in(dir)
-    }
-
+    /// Generates a fresh CA and a leaf for `127.0.0.1`/`localhost` signed by it, in `dir`.
     fn generate_in(dir: tempfile::TempDir) -> Self {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         let mut ca_name = DistinguishedName::new();
@@ -117,7 +109,7 @@ impl TestPki {
     }
 }
 
-/// One test PKI per test binary.
+/// One test PKI per test process.
 ///
 /// Statics are never dropped, so its files live under cargo's per-target temp dir
 /// (`target/tmp/pki`, gone with `cargo clean`) rather than the system temp dir; directories

@@ -3,7 +3,7 @@
 //! poll and, when it finishes, writes real images into Azurite, named as the backend names
 //! them; the service then lists them and every URL it hands out loads from Azurite.
 
-mod support;
+use crate::support;
 
 use ams_thumbnails::Settings;
 use serde_json::{Value, json};
@@ -12,6 +12,7 @@ use support::fake_arm::{ArmOp, FakeArm, FakeAsset};
 use support::fake_encoder::{JobOutcome, OutputSink, WriteRefusal};
 use support::fake_entra::FakeEntra;
 use support::fake_mkio::{DEFAULT_TOKEN, FakeMkio, FakeMkioAsset, FakeStorage, MkioOp};
+use support::logs::Capture;
 use support::seed::{create_container, get_blob, put_blob};
 use support::{TestServer, assert_problem, tls};
 use uuid::Uuid;
@@ -186,6 +187,7 @@ const PNG: &str = "virtual-folders/thumbnails/Thumbnail-harbour-000001.png";
 // ---- AMS ----
 
 struct Ams {
+    logs: Capture,
     entra: FakeEntra,
     arm: FakeArm,
     az: Azurite,
@@ -193,7 +195,7 @@ struct Ams {
 }
 
 async fn ams_world() -> Ams {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let arm = FakeArm::start_https(pki).await;
@@ -235,6 +237,7 @@ async fn ams_world() -> Ams {
     .await;
     arm.add_asset(empty);
     Ams {
+        logs,
         entra,
         arm,
         az,
@@ -286,6 +289,8 @@ retry_budget = "3s"
 async fn ams_generates_thumbnails_that_then_resolve_and_load() {
     let w = ams_world().await;
     let server = TestServer::start(ams_settings(&w, "")).await;
+    let scrape = || async { server.get("/metrics").await.text().await.unwrap() };
+    let metrics_before = scrape().await;
     let client = Client::new();
     let jpeg = sample(JPEG);
     // The fake's jobs advance one step per GET, and a repeated generate GETs the job first:
@@ -434,15 +439,26 @@ async fn ams_generates_thumbnails_that_then_resolve_and_load() {
     assert_eq!(names(&png_body).len(), 2, "{png_body}");
     assert_eq!(calls(&w.arm), [2, 2, 2]);
 
-    let metrics = server.get("/metrics").await.text().await.unwrap();
+    // Other tests share the recorder: what this test did is at least the increase.
+    let metrics = scrape().await;
+    let increase = |name: &str, labels: &[(&str, &str)]| {
+        support::metric(&metrics, name, labels) - support::metric(&metrics_before, name, labels)
+    };
+    let submitted = "thumbnail_jobs_submitted_total";
+    let ams = ("backend", "ams");
     assert!(
-        metrics.contains(r#"thumbnail_jobs_submitted_total{backend="ams",result="created"}"#),
+        increase(submitted, &[ams, ("result", "created")]) >= 2.0,
         "{metrics}"
     );
-    assert!(metrics.contains(r#"thumbnail_jobs_submitted_total{backend="ams",result="existing"}"#));
-    assert!(metrics.contains(r#"thumbnail_jobs_completed_total{backend="ams",state="Finished"}"#));
-    assert!(metrics.contains(r#"operation="put_job""#));
-    support::logs::assert_no_secrets(Some(&w.entra));
+    assert!(increase(submitted, &[ams, ("result", "existing")]) >= 4.0);
+    assert!(
+        increase(
+            "thumbnail_jobs_completed_total",
+            &[ams, ("state", "Finished")]
+        ) >= 2.0
+    );
+    assert!(increase("upstream_requests_total", &[ams, ("operation", "put_job")]) >= 2.0);
+    w.logs.assert_no_secrets(Some(&w.entra));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,13 +634,14 @@ async fn ams_generation_refused_by_the_account_is_a_clear_problem_and_resolution
 // ---- MK.IO ----
 
 struct Mkio {
+    logs: Capture,
     mkio: FakeMkio,
     az: Azurite,
     http: reqwest::Client,
 }
 
 async fn mkio_world() -> Mkio {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let mkio = FakeMkio::start_https(pki).await;
     let az = Azurite::start_http().await;
@@ -663,7 +680,12 @@ async fn mkio_world() -> Mkio {
             .sub_path("videos/intro")
             .storage(Some("primary-azure")),
     );
-    Mkio { mkio, az, http }
+    Mkio {
+        logs,
+        mkio,
+        az,
+        http,
+    }
 }
 
 fn mkio_settings(w: &Mkio) -> Settings {
@@ -833,6 +855,6 @@ async fn mkio_failures_and_refusals_are_reported() {
         "{problem}"
     );
     assert_eq!(server.get("/assets/intro/thumbnails").await.status(), 200);
-    let logs = support::logs::text();
+    let logs = w.logs.text();
     assert!(!logs.contains(DEFAULT_TOKEN), "the MK.IO token in the logs");
 }

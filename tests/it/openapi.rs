@@ -2,7 +2,7 @@
 //! are the same set, and real answers (successes and problems) match the documented status,
 //! media type and schema.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

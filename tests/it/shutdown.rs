@@ -1,7 +1,7 @@
 //! Graceful shutdown: in-flight requests complete, new connections are refused, and the grace
 //! period bounds the wait.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

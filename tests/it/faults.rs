@@ -5,7 +5,7 @@
 //! bytes. Every answer of every test goes through [`Checker::check`]: no answer ever holds a URL
 //! that fails to load.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -14,9 +14,11 @@ use ams_thumbnails::Settings;
 use ams_thumbnails::asset_id::AssetId;
 use serde_json::Value;
 use support::azurite::{ACCOUNT, Azurite, KEY};
-use support::fake_arm::{ArmFault, ArmOp, FakeArm, FakeAsset};
+use support::fake_arm::{ArmOp, FakeArm, FakeAsset};
 use support::fake_entra::FakeEntra;
 use support::fault_proxy::{Fault, FaultKind, FaultProxy, Target};
+use support::faults::RestFault;
+use support::logs::Capture;
 use support::seed::{create_container, put_blob};
 use support::{TestServer, assert_problem, tls};
 
@@ -264,6 +266,7 @@ impl Calls {
 // ---- storage mode, through the fault proxy ----
 
 struct StorageWorld {
+    logs: Capture,
     az: Azurite,
     proxy: FaultProxy,
     server: TestServer,
@@ -275,7 +278,7 @@ struct StorageWorld {
 /// Storage mode (template), account-key listing and account-key SAS links, Azurite behind the
 /// proxy; `upstream` goes in the `[upstream]` table, `extra` holds more tables.
 async fn storage_world(upstream: &str, extra: &str) -> StorageWorld {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let az = Azurite::start_http().await;
     let proxy = FaultProxy::start(&az.blob_endpoint).await;
     let seed_client = reqwest::Client::new();
@@ -301,6 +304,7 @@ async fn storage_world(upstream: &str, extra: &str) -> StorageWorld {
             proxy: proxy.clone(),
         },
         calls: Calls::new(&proxy),
+        logs,
         az,
         proxy,
         server,
@@ -413,7 +417,7 @@ async fn storage_delayed_past_the_timeout() {
     w.calls
         .assert(PAGES, 2, "the listing, then two tries of the read");
     w.assert_recovers("after a slow read").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,7 +457,7 @@ async fn storage_500_and_503_bursts() {
         .assert(3, 0, "1 + max_retries tries of the first page");
     w.assert_recovers("after a 503 burst").await;
 
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +505,7 @@ async fn storage_throttling_with_retry_after() {
         .await;
     w.calls.assert(3, 0, "1 + max_retries tries");
     w.assert_recovers("after throttling").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 /// A Storage `Retry-After` past the retry budget: no retry could succeed within it, so the
@@ -558,7 +562,7 @@ async fn storage_connection_reset() {
     w.assert_ok_after(PAGES, 2, "the listing, the reset read and its retry")
         .await;
     w.assert_recovers("after a reset read").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,7 +594,7 @@ async fn storage_malformed_xml_is_502_and_not_cached() {
         .await;
     w.calls.assert(PAGES, 0, "both pages, once");
     w.assert_recovers("after a malformed second page").await;
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 /// What a looping `NextMarker` should give: a 502 as soon as a marker repeats.
@@ -674,12 +678,13 @@ async fn azurite_stopped_during_a_load_then_restarted() {
     seed(&w.seed_client, &w.az, &w.checker.container).await;
     w.assert_recovers("after Azurite restarted").await;
     assert_eq!(w.server.get("/readyz").await.status(), 200);
-    support::logs::assert_no_secrets(None);
+    w.logs.assert_no_secrets(None);
 }
 
 // ---- AMS mode: faults of the fake ARM ----
 
 struct ArmWorld {
+    logs: Capture,
     entra: FakeEntra,
     arm: FakeArm,
     _az: Azurite,
@@ -690,7 +695,7 @@ struct ArmWorld {
 
 /// AMS mode: the fake Entra and ARM over HTTPS, Azurite (http, account key) behind the proxy.
 async fn arm_world(upstream: &str) -> ArmWorld {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let entra = FakeEntra::start_https(pki).await;
     let arm = FakeArm::start_https(pki).await;
@@ -756,6 +761,7 @@ ca_file = "{ca}"
             proxy: proxy.clone(),
         },
         calls: Calls::new(&proxy),
+        logs,
         entra,
         arm,
         _az: az,
@@ -811,7 +817,7 @@ async fn arm_delayed_past_the_timeout() {
 
     // Both tries outlast the per-try timeout: 504, no storage call.
     w.arm
-        .push_faults(ArmOp::Get, ArmFault::Delay(Duration::from_millis(1500)), 2);
+        .push_faults(ArmOp::Get, RestFault::Delay(Duration::from_millis(1500)), 2);
     let before = w.arm_hits();
     let (response, took) = w.list().await;
     w.checker
@@ -824,7 +830,7 @@ async fn arm_delayed_past_the_timeout() {
 
     // One slow try: the retry answers.
     w.arm
-        .push_fault(ArmOp::Get, ArmFault::Delay(Duration::from_millis(1500)));
+        .push_fault(ArmOp::Get, RestFault::Delay(Duration::from_millis(1500)));
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     assert_eq!(w.arm_hits(), (before.0 + 2, before.1));
@@ -832,7 +838,7 @@ async fn arm_delayed_past_the_timeout() {
     w.checker.assert_ok(response).await;
     w.calls.take();
     w.assert_recovers("after one ARM timeout").await;
-    support::logs::assert_no_secrets(Some(&w.entra));
+    w.logs.assert_no_secrets(Some(&w.entra));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -841,7 +847,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.assert_recovers("at start").await;
 
     // A dropped connection (HTTP/2: the stream is reset) is retried.
-    w.arm.push_fault(ArmOp::Get, ArmFault::DropConnection);
+    w.arm.push_fault(ArmOp::Get, RestFault::DropConnection);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     assert_eq!(
@@ -855,7 +861,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
 
     // Dropped on every try: 503 upstream-unavailable after 1 + max_retries tries.
     w.invalidate().await;
-    w.arm.push_faults(ArmOp::Get, ArmFault::DropConnection, 2);
+    w.arm.push_faults(ArmOp::Get, RestFault::DropConnection, 2);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     w.checker
@@ -866,7 +872,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.assert_recovers("after dropped connections").await;
 
     // A 500 burst within the retries: answered after 1 + burst tries.
-    w.arm.push_fault(ArmOp::Get, ArmFault::Status(500));
+    w.arm.push_fault(ArmOp::Get, RestFault::Status(500));
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     assert_eq!(w.arm_hits(), (before.0 + 2, before.1));
@@ -876,7 +882,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.invalidate().await;
 
     // Longer than the retries: 502 after 1 + max_retries tries.
-    w.arm.push_faults(ArmOp::Get, ArmFault::Status(500), 2);
+    w.arm.push_faults(ArmOp::Get, RestFault::Status(500), 2);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     w.checker
@@ -889,8 +895,8 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     // 429 with Retry-After within the budget: waited out, one retry.
     w.arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 1,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(1),
         },
     );
     let before = w.arm_hits();
@@ -903,7 +909,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
     w.invalidate().await;
 
     // Malformed JSON: 502 at once, not cached.
-    w.arm.push_fault(ArmOp::Get, ArmFault::MalformedJson);
+    w.arm.push_fault(ArmOp::Get, RestFault::MalformedJson);
     let before = w.arm_hits();
     let (response, _) = w.list().await;
     w.checker
@@ -919,7 +925,7 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
 
     // A looping nextLink (alternate-id lookup): 502 after Get, the page and its loop; not
     // cached, so the same id is looked up again (and now not found).
-    w.arm.push_fault(ArmOp::List, ArmFault::NextLinkLoop);
+    w.arm.push_fault(ArmOp::List, RestFault::NextLinkLoop);
     let before = w.arm_hits();
     let (checked, _) = w
         .checker
@@ -958,5 +964,5 @@ async fn arm_dropped_connections_bursts_and_broken_answers() {
         w.arm.pending_faults(ArmOp::Get) + w.arm.pending_faults(ArmOp::List),
         0
     );
-    support::logs::assert_no_secrets(Some(&w.entra));
+    w.logs.assert_no_secrets(Some(&w.entra));
 }

@@ -1,7 +1,7 @@
 //! The HTTP API against the bundled samples, black-box: the real server on port 0, and every
 //! URL it returns fetched.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,7 @@
 //! Storage-only mode (AMS retired) against a real Azurite: containers found by template or
 //! catalog, listed page by page, and every returned URL fetched back from Azurite.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -83,7 +83,6 @@ async fn seed_asset(client: &reqwest::Client, az: &Azurite, container: &str, pub
 }
 
 fn storage_settings(az: &Azurite, extra: &str) -> Settings {
-    support::logs::captured();
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [source]\nkind = \"storage\"\n{extra_source}\
@@ -148,6 +147,7 @@ async fn assert_every_url_serves_its_blob(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_mode_with_account_key_sas_serves_every_blob() {
+    let logs = support::logs::capture();
     let az = Azurite::start_http().await;
     let client = reqwest::Client::new();
     let container = format!("asset-{GUID}");
@@ -251,6 +251,7 @@ async fn template_mode_with_account_key_sas_serves_every_blob() {
         .await;
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.contains("Thumbnail000003.jpg"), "{location}");
+    logs.assert_no_secrets(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,15 +33,14 @@
 //! and the project (404 for another), counts every hit per operation, and serves faults queued
 //! per operation.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::{Value, json};
@@ -53,7 +52,8 @@ use super::fake_encoder::{
     self, Advance, DEFAULT_INPUT_DURATION_SECS, DEFAULT_JOB_STEPS, JobOutcome, JobOutputSpec,
     JobRecord, JobRun, OutputSink, WriteRefusal,
 };
-use super::fake_entra::{json_response, json_text_response};
+use super::fake_entra::json_response;
+use super::faults::{self, FaultQueue, RestFault};
 use super::odata::{Filter, decode_skiptoken, encode_skiptoken, parse_filter};
 use super::tls::{self, TestPki};
 
@@ -198,23 +198,6 @@ impl MkioOp {
     }
 }
 
-/// A fault for the next request of one operation, consumed in order (before the token check).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MkioFault {
-    /// This status with an MK.IO error body.
-    Status(u16),
-    /// 429 with the docs' 429 body, and `Retry-After: {secs}` when given.
-    TooManyRequests { retry_after: Option<u64> },
-    /// Wait this long, then answer normally.
-    Delay(Duration),
-    /// Close the connection without an answer.
-    DropConnection,
-    /// A 200 whose JSON is cut in half (other statuses are left alone).
-    MalformedJson,
-    /// (List Assets only) An `@odata.nextLink` that leads back to the same page, forever.
-    NextLinkLoop,
-}
-
 /// How `@odata.nextLink` is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NextLinkForm {
@@ -254,7 +237,7 @@ struct MkioState {
     page_size: usize,
     next_link_form: NextLinkForm,
     filter_after_paging: bool,
-    faults: HashMap<MkioOp, VecDeque<MkioFault>>,
+    faults: FaultQueue<MkioOp, RestFault>,
     hits: HashMap<MkioOp, usize>,
     total_hits: usize,
     filters: Vec<String>,
@@ -294,7 +277,7 @@ impl FakeMkio {
                 page_size: DEFAULT_PAGE_SIZE,
                 next_link_form: NextLinkForm::Absolute,
                 filter_after_paging: false,
-                faults: HashMap::new(),
+                faults: FaultQueue::default(),
                 hits: HashMap::new(),
                 total_hits: 0,
                 filters: Vec::new(),
@@ -336,21 +319,6 @@ impl FakeMkio {
 
     // ---- configuration ----
 
-    pub fn with_project(self, project: impl Into<String>) -> Self {
-        self.state().project = project.into();
-        self
-    }
-
-    /// The bearer token requests must carry.
-    pub fn with_token(self, token: impl Into<String>) -> Self {
-        self.set_token(token);
-        self
-    }
-
-    pub fn set_token(&self, token: impl Into<String>) {
-        self.state().token = token.into();
-    }
-
     /// Assets per List Assets page (a `$top` below it wins).
     pub fn with_page_size(self, page_size: usize) -> Self {
         assert!(page_size > 0, "page size must be positive");
@@ -380,21 +348,11 @@ impl FakeMkio {
         insert_asset(&mut self.state(), asset);
     }
 
-    pub fn remove_asset(&self, name: &str) {
-        self.state()
-            .assets
-            .retain(|a| !a.name.eq_ignore_ascii_case(name));
-    }
-
     /// Adds (or replaces, by name) a storage instance.
     pub fn add_storage(&self, storage: FakeStorage) {
         let mut s = self.state();
         s.storages.retain(|x| x.name != storage.name);
         s.storages.push(storage);
-    }
-
-    pub fn remove_storage(&self, name: &str) {
-        self.state().storages.retain(|x| x.name != name);
     }
 
     /// When set, requests with the right token get 403 (the token lacks the capability).
@@ -477,24 +435,23 @@ impl FakeMkio {
 
     // ---- faults ----
 
-    pub fn push_fault(&self, op: MkioOp, fault: MkioFault) {
+    /// Queues a fault for the next request of `op` (taken before the token check).
+    pub fn push_fault(&self, op: MkioOp, fault: RestFault) {
         self.push_faults(op, fault, 1);
     }
 
-    pub fn push_faults(&self, op: MkioOp, fault: MkioFault, times: usize) {
+    /// Queues the same fault for the next `times` requests of `op`.
+    pub fn push_faults(&self, op: MkioOp, fault: RestFault, times: usize) {
         assert!(
-            op == MkioOp::ListAssets || fault != MkioFault::NextLinkLoop,
+            op == MkioOp::ListAssets || fault != RestFault::NextLinkLoop,
             "NextLinkLoop only applies to MkioOp::ListAssets"
         );
-        self.state()
-            .faults
-            .entry(op)
-            .or_default()
-            .extend(std::iter::repeat_n(fault, times));
+        self.state().faults.push_n(op, fault, times);
     }
 
+    /// Faults still queued for `op`.
     pub fn pending_faults(&self, op: MkioOp) -> usize {
-        self.state().faults.get(&op).map_or(0, VecDeque::len)
+        self.state().faults.pending(&op)
     }
 
     pub fn clear_faults(&self) {
@@ -657,7 +614,7 @@ async fn handle(
         {
             s.filters.push(filter.clone());
         }
-        op.and_then(|op| s.faults.get_mut(&op).and_then(VecDeque::pop_front))
+        op.and_then(|op| s.faults.next(&op))
     };
 
     let Some(target) = target else {
@@ -668,46 +625,10 @@ async fn handle(
         );
     };
 
-    let mut next_link_loop = false;
-    let mut malformed = false;
-    match fault {
-        None => {}
-        Some(MkioFault::Status(code)) => {
-            let status = StatusCode::from_u16(code).expect("fault status is a valid code");
-            let code_name: String = status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .split_whitespace()
-                .collect();
-            return mkio_error(
-                status,
-                &code_name,
-                &format!("Fault injected by the fake MK.IO: {code}."),
-            );
-        }
-        Some(MkioFault::TooManyRequests { retry_after }) => {
-            let mut body = templates().error_429.clone();
-            body["error"]["code"] = json!("TooManyRequests");
-            body["error"]["detail"] = json!("Rate limit exceeded (fault injected).");
-            body["ref"] = json!(Uuid::new_v4().to_string());
-            let mut response = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
-            if let Some(secs) = retry_after {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from_str(&secs.to_string()).expect("digits"),
-                );
-            }
-            return response;
-        }
-        Some(MkioFault::Delay(delay)) => tokio::time::sleep(delay).await,
-        Some(MkioFault::DropConnection) => {
-            // Unwinding out of the connection (HTTP/1.1) or stream (HTTP/2) task drops it
-            // without an answer; `resume_unwind` skips the panic hook. No lock is held here.
-            std::panic::resume_unwind(Box::new("FakeMkio: MkioFault::DropConnection"));
-        }
-        Some(MkioFault::MalformedJson) => malformed = true,
-        Some(MkioFault::NextLinkLoop) => next_link_loop = true,
-    }
+    let proceed = match faults::apply(fault, "MK.IO", mkio_error, mkio_throttled).await {
+        Ok(proceed) => proceed,
+        Err(answer) => return answer,
+    };
 
     let name = target.name.clone().unwrap_or_default();
     let job = target.job.clone().unwrap_or_default();
@@ -716,7 +637,9 @@ async fn handle(
         None => match (target.op, write_refusal(&mkio, target.op)) {
             (_, Some(refused)) => refused,
             (MkioOp::GetAsset, None) => get_asset(&mkio, &name),
-            (MkioOp::ListAssets, None) => list_assets(&mkio, uri.path(), &query, next_link_loop),
+            (MkioOp::ListAssets, None) => {
+                list_assets(&mkio, uri.path(), &query, proceed.next_link_loop)
+            }
             (MkioOp::GetStorage, None) => get_storage(&mkio, &name),
             (MkioOp::PutAsset, None) => put_asset(&mkio, &name, &body).await,
             (MkioOp::PutTransform, None) => put_transform(&mkio, &name, &body),
@@ -724,10 +647,7 @@ async fn handle(
             (MkioOp::GetJob, None) => get_job(&mkio, &name, &job).await,
         },
     };
-    if malformed && response.status() == StatusCode::OK {
-        return truncate_body(response).await;
-    }
-    response
+    proceed.finish(response).await
 }
 
 /// Token, capability, project; `Some` = rejected.
@@ -1505,21 +1425,13 @@ fn mkio_error(status: StatusCode, code: &str, detail: &str) -> Response {
     json_response(status, &body)
 }
 
-/// The same response with its body cut in half: valid headers, broken JSON.
-async fn truncate_body(response: Response) -> Response {
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .expect("in-memory body");
-    let text = String::from_utf8_lossy(&bytes);
-    let mut cut = text.len() / 2;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut broken = json_text_response(parts.status, text[..cut].to_owned());
-    *broken.headers_mut() = parts.headers;
-    broken.headers_mut().remove(header::CONTENT_LENGTH);
-    broken
+/// The docs' 429 for [`RestFault::TooManyRequests`].
+fn mkio_throttled(_retry_after_secs: Option<u64>) -> Response {
+    let mut body = templates().error_429.clone();
+    body["error"]["code"] = json!("TooManyRequests");
+    body["error"]["detail"] = json!("Rate limit exceeded (fault injected).");
+    body["ref"] = json!(Uuid::new_v4().to_string());
+    json_response(StatusCode::TOO_MANY_REQUESTS, &body)
 }
 
 /// Percent-encode all but unreserved characters in a path segment.

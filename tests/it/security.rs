@@ -1,7 +1,7 @@
 //! Who may mint URLs: API keys per route group (hashed, several active), the admin role for
 //! cache invalidation, rate limits per identity, hostile-input limits and security headers.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 
@@ -45,7 +45,7 @@ async fn get_with(
 
 #[tokio::test]
 async fn api_keys_guard_the_asset_routes() {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let server = TestServer::start(keyed("")).await;
     let path = "/assets/builtin-preset/thumbnails";
 
@@ -108,7 +108,7 @@ async fn api_keys_guard_the_asset_routes() {
             "{public}"
         );
     }
-    let logs = support::logs::text();
+    let logs = logs.text();
     for key in [FRONTEND_KEY, NEXT_KEY, OPERATOR_KEY] {
         assert!(!logs.contains(key), "a key in the logs");
     }

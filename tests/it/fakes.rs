@@ -1,20 +1,21 @@
-//! Proves the test fakes (tests/support/fake_entra.rs, tests/support/fake_arm.rs, and the
-//! encoding half of fake_arm.rs / fake_mkio.rs in tests/support/fake_encoder.rs) behave like the
-//! services they stand in for, so tests built on them test the service, not the fakes.
+//! Proves the test fakes (tests/it/support/fake_entra.rs, tests/it/support/fake_arm.rs, and the
+//! encoding half of fake_arm.rs / fake_mkio.rs in tests/it/support/fake_encoder.rs) behave like
+//! the services they stand in for, so tests built on them test the service, not the fakes.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::azurite::Azurite;
-use support::fake_arm::{self, ArmFault, ArmOp, FakeArm, FakeAsset};
+use support::fake_arm::{self, ArmOp, FakeArm, FakeAsset};
 use support::fake_encoder::{
     self, ImageKind, JobOutcome, OutputSink, PatternValues, WriteRefusal, expand_filename_pattern,
 };
 use support::fake_entra::{self, EntraFault, FakeEntra, TokenForm};
-use support::fake_mkio::{self, FakeMkio, MkioFault, MkioOp};
+use support::fake_mkio::{self, FakeMkio, MkioOp};
+use support::faults::RestFault;
 use support::{seed, tls};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -531,8 +532,8 @@ async fn arm_429_carries_retry_after_and_is_consumed() {
     arm.add_asset(FakeAsset::new("a", Uuid::new_v4()));
     arm.push_fault(
         ArmOp::Get,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 7,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(7),
         },
     );
     let response = arm_get(&arm.asset_url("a"), &token).await;
@@ -742,9 +743,9 @@ async fn arm_list_container_sas_without_a_minter_looks_like_the_example() {
 async fn arm_fault_queues_are_per_operation_and_consumed_in_order() {
     let (arm, token) = arm().await;
     add_assets(&arm, 3);
-    arm.push_faults(ArmOp::Get, ArmFault::Status(503), 2);
-    arm.push_fault(ArmOp::Get, ArmFault::Delay(Duration::from_millis(300)));
-    arm.push_fault(ArmOp::List, ArmFault::MalformedJson);
+    arm.push_faults(ArmOp::Get, RestFault::Status(503), 2);
+    arm.push_fault(ArmOp::Get, RestFault::Delay(Duration::from_millis(300)));
+    arm.push_fault(ArmOp::List, RestFault::MalformedJson);
     assert_eq!(arm.pending_faults(ArmOp::Get), 3);
 
     // List's fault does not touch Get and the other way round.
@@ -783,7 +784,7 @@ async fn arm_next_link_loop_points_at_the_same_page_forever() {
         .await;
     let token = FakeEntra::new().mint_token(ARM);
     add_assets(&arm, 3);
-    arm.push_fault(ArmOp::List, ArmFault::NextLinkLoop);
+    arm.push_fault(ArmOp::List, RestFault::NextLinkLoop);
 
     let first = json_of(arm_get(&arm.assets_url(), &token).await).await;
     let link = first["@odata.nextLink"].as_str().unwrap().to_owned();
@@ -803,7 +804,7 @@ async fn arm_next_link_loop_points_at_the_same_page_forever() {
 async fn arm_drop_connection_gives_no_response_over_tls_and_plain_http() {
     let (arm, token) = arm().await;
     arm.add_asset(FakeAsset::new("a", Uuid::new_v4()));
-    arm.push_fault(ArmOp::Get, ArmFault::DropConnection);
+    arm.push_fault(ArmOp::Get, RestFault::DropConnection);
     let error = https_client()
         .get(arm.asset_url("a"))
         .bearer_auth(&token)
@@ -817,7 +818,7 @@ async fn arm_drop_connection_gives_no_response_over_tls_and_plain_http() {
     let plain = FakeArm::new();
     plain.set_base_url(serve_http(plain.router()).await);
     plain.add_asset(FakeAsset::new("a", Uuid::new_v4()));
-    plain.push_fault(ArmOp::Get, ArmFault::DropConnection);
+    plain.push_fault(ArmOp::Get, RestFault::DropConnection);
     let client = reqwest::Client::new();
     let error = client
         .get(plain.asset_url("a"))
@@ -908,7 +909,7 @@ async fn arm_router_serves_over_plain_http_with_next_links_to_the_set_base() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Encoding (tests/support/fake_encoder.rs): the shared rules
+// Encoding (tests/it/support/fake_encoder.rs): the shared rules
 // ------------------------------------------------------------------------------------------
 
 #[test]
@@ -1737,7 +1738,7 @@ async fn arm_job_put_and_get_errors() {
     );
 
     // Faults apply to the new operations: a fault does not create or advance a job.
-    arm.push_fault(ArmOp::PutJob, ArmFault::Status(503));
+    arm.push_fault(ArmOp::PutJob, RestFault::Status(503));
     let response = put_json(&arm.job_url("t", "j"), &token, &job_body("in", "in")).await;
     assert_eq!(response.status(), 503);
     assert!(arm.job("t", "j").is_none());
@@ -1745,14 +1746,14 @@ async fn arm_job_put_and_get_errors() {
     assert_eq!(response.status(), 201);
     arm.push_fault(
         ArmOp::GetJob,
-        ArmFault::TooManyRequests {
-            retry_after_secs: 3,
+        RestFault::TooManyRequests {
+            retry_after_secs: Some(3),
         },
     );
     let response = arm_get(&arm.job_url("t", "j"), &token).await;
     assert_eq!(response.status(), 429);
     assert_eq!(arm.job("t", "j").unwrap()["properties"]["state"], "Queued");
-    arm.push_fault(ArmOp::GetJob, ArmFault::MalformedJson);
+    arm.push_fault(ArmOp::GetJob, RestFault::MalformedJson);
     let response = arm_get(&arm.job_url("t", "j"), &token).await;
     assert!(serde_json::from_str::<Value>(&response.text().await.unwrap()).is_err());
     assert_eq!(arm.hits(ArmOp::GetJob), 4);
@@ -2205,7 +2206,7 @@ async fn mkio_job_failures_errors_and_refused_writes() {
     );
 
     // Faults, then a read-only token: every PUT refused with MK.IO's envelope, reads work.
-    mkio.push_fault(MkioOp::PutAsset, MkioFault::Status(500));
+    mkio.push_fault(MkioOp::PutAsset, RestFault::Status(500));
     assert_eq!(
         mkio_put(&mkio, &mkio.asset_url("x"), &storage)
             .await

@@ -1,7 +1,7 @@
 //! Cache semantics: single flight, hits without backend calls or serialization, negative
 //! caching, failures never cached, per-entry expiry, and a byte-bounded capacity.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

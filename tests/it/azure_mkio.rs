@@ -1,7 +1,7 @@
 //! MK.IO mode end to end: the fake MK.IO Media API (shaped like MediaKind's examples) over
 //! HTTPS, blobs in Azurite under the asset's subPath, every URL fetched back.
 
-mod support;
+use crate::support;
 
 use ams_thumbnails::Settings;
 use serde_json::Value;
@@ -15,7 +15,7 @@ const ASSET_ID: &str = "5b1f2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mkio_assets_resolve_by_name_and_alternate_id_with_sub_path_honoured() {
-    support::logs::captured();
+    let logs = support::logs::capture();
     let pki = tls::shared();
     let mkio = FakeMkio::start_https(pki).await;
     let az = Azurite::start_http().await;
@@ -137,7 +137,7 @@ ca_file = "{ca}"
         1,
         "the storage instance is resolved once"
     );
-    let logs = support::logs::text();
+    let logs = logs.text();
     assert!(!logs.contains(DEFAULT_TOKEN), "the MK.IO token in the logs");
     assert!(!logs.contains(KEY));
 }

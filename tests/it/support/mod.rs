@@ -1,6 +1,5 @@
 //! Test harness: settings over the bundled samples, a backend probe that counts (and can delay)
 //! every backend call, and the real server spawned on port 0.
-#![allow(dead_code)]
 
 pub mod azurite;
 pub mod fake_arm;
@@ -9,8 +8,10 @@ pub mod fake_entra;
 pub mod fake_jwks;
 pub mod fake_mkio;
 pub mod fault_proxy;
+pub mod faults;
 pub mod logs;
 pub mod odata;
+pub mod own_process;
 pub mod sas;
 pub mod seed;
 pub mod tls;
@@ -286,4 +287,23 @@ pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
         .unwrap_or_default()
         .to_owned();
     (status, body)
+}
+
+/// The sum of the samples of `name` whose labels include `labels`, in a Prometheus text scrape.
+///
+/// The recorder is process-wide and every test shares it: compare two scrapes taken around what
+/// a test does (a delta), and expect other tests' increments in that delta too (at least, not
+/// exactly).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            let rest = &l[name.len()..];
+            (rest.starts_with('{') || rest.starts_with(' '))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }

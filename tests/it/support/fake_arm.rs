@@ -30,7 +30,7 @@
 //! Entra ID, audience `https://management.azure.com`), and it counts every hit, so tests can
 //! assert how many upstream calls the service made. Faults are queued per operation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -50,7 +50,8 @@ use super::fake_encoder::{
     self, AMS_BASENAME_MAX, Advance, DEFAULT_INPUT_DURATION_SECS, DEFAULT_JOB_STEPS, JobOutcome,
     JobOutputSpec, JobRecord, JobRun, OutputSink, WriteRefusal,
 };
-use super::fake_entra::{json_response, json_text_response, verify_jwt};
+use super::fake_entra::{json_response, verify_jwt};
+use super::faults::{self, FaultQueue, RestFault};
 use super::odata::{Filter, decode_skiptoken, encode_skiptoken, parse_filter};
 use super::tls::{self, TestPki};
 
@@ -163,25 +164,6 @@ impl ArmOp {
     }
 }
 
-/// A fault for the next request of one operation, consumed in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ArmFault {
-    /// This status with an ARM error body (code from the status' reason phrase).
-    Status(u16),
-    /// 429 with `Retry-After` and an ARM `TooManyRequests` error body.
-    TooManyRequests { retry_after_secs: u64 },
-    /// Wait this long, then answer normally (to trip client timeouts).
-    Delay(Duration),
-    /// No response at all. HTTP/1.1: the socket is closed. HTTP/2 (what TLS + ALPN gives
-    /// reqwest): the stream is reset, since hyper runs each h2 stream in its own task.
-    DropConnection,
-    /// 200 with a JSON content type and the real body cut in half.
-    MalformedJson,
-    /// List only: the page's `@odata.nextLink` points back to this same page, and so does the
-    /// one on that page, forever.
-    NextLinkLoop,
-}
-
 /// The bearer token seen on the latest request.
 #[derive(Clone, Debug)]
 pub struct LastAuthorization {
@@ -224,7 +206,7 @@ struct ArmState {
     page_size: usize,
     forbidden: bool,
     minter: Option<Arc<MintFn>>,
-    faults: HashMap<ArmOp, VecDeque<ArmFault>>,
+    faults: FaultQueue<ArmOp, RestFault>,
     hits: HashMap<ArmOp, usize>,
     total_hits: usize,
     last_authorization: Option<LastAuthorization>,
@@ -257,7 +239,7 @@ impl FakeArm {
                 page_size: DEFAULT_PAGE_SIZE,
                 forbidden: false,
                 minter: None,
-                faults: HashMap::new(),
+                faults: FaultQueue::default(),
                 hits: HashMap::new(),
                 total_hits: 0,
                 last_authorization: None,
@@ -300,22 +282,6 @@ impl FakeArm {
 
     // ---- configuration ----
 
-    /// The one subscription / resource group / Media Services account the fake holds.
-    pub fn with_scope(
-        self,
-        subscription_id: impl Into<String>,
-        resource_group: impl Into<String>,
-        account: impl Into<String>,
-    ) -> Self {
-        {
-            let mut s = self.state();
-            s.subscription_id = subscription_id.into();
-            s.resource_group = resource_group.into();
-            s.account = account.into();
-        }
-        self
-    }
-
     /// Assets per List page (AMS: 1000).
     pub fn with_page_size(self, page_size: usize) -> Self {
         assert!(page_size > 0, "page size must be positive");
@@ -331,12 +297,6 @@ impl FakeArm {
     /// Adds (or replaces, by name) an asset.
     pub fn add_asset(&self, asset: FakeAsset) {
         insert_asset(&mut self.state(), asset);
-    }
-
-    pub fn remove_asset(&self, name: &str) {
-        self.state()
-            .assets
-            .retain(|a| !a.name.eq_ignore_ascii_case(name));
     }
 
     /// When set, authenticated requests get 403 `AuthorizationFailed` (no role assignment).
@@ -373,12 +333,6 @@ impl FakeArm {
     pub fn set_job_steps(&self, steps: usize) {
         assert!(steps >= 1, "a job needs at least one step");
         self.state().job_steps = steps;
-    }
-
-    /// The notional duration of every input video (default 60 s): the base of percentages.
-    pub fn set_input_duration(&self, secs: u64) {
-        assert!(secs > 0, "the input duration must be positive");
-        self.state().input_duration_secs = secs;
     }
 
     /// The job as Jobs - Get would answer it now, without advancing it.
@@ -429,30 +383,22 @@ impl FakeArm {
     // ---- faults ----
 
     /// Queues a fault for the next request of `op`.
-    pub fn push_fault(&self, op: ArmOp, fault: ArmFault) {
+    pub fn push_fault(&self, op: ArmOp, fault: RestFault) {
         self.push_faults(op, fault, 1);
     }
 
     /// Queues the same fault for the next `times` requests of `op`.
-    pub fn push_faults(&self, op: ArmOp, fault: ArmFault, times: usize) {
+    pub fn push_faults(&self, op: ArmOp, fault: RestFault, times: usize) {
         assert!(
-            op == ArmOp::List || fault != ArmFault::NextLinkLoop,
+            op == ArmOp::List || fault != RestFault::NextLinkLoop,
             "NextLinkLoop only applies to ArmOp::List"
         );
-        self.state()
-            .faults
-            .entry(op)
-            .or_default()
-            .extend(std::iter::repeat_n(fault, times));
+        self.state().faults.push_n(op, fault, times);
     }
 
     /// Faults still queued for `op`.
     pub fn pending_faults(&self, op: ArmOp) -> usize {
-        self.state().faults.get(&op).map_or(0, VecDeque::len)
-    }
-
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
+        self.state().faults.pending(&op)
     }
 
     // ---- what tests read ----
@@ -647,7 +593,7 @@ async fn respond(
                 .and_then(|t| super::fake_entra::jwt_claims(t).ok()),
             header: authorization.clone(),
         });
-        op.and_then(|op| s.faults.get_mut(&op).and_then(VecDeque::pop_front))
+        op.and_then(|op| s.faults.next(&op))
     };
 
     let Some(target) = target else {
@@ -663,48 +609,10 @@ async fn respond(
         );
     };
 
-    let mut next_link_loop = false;
-    let mut malformed = false;
-    match fault {
-        None => {}
-        Some(ArmFault::Status(code)) => {
-            let status = StatusCode::from_u16(code).expect("fault status is a valid code");
-            let code_name: String = status
-                .canonical_reason()
-                .unwrap_or("Error")
-                .split_whitespace()
-                .collect();
-            return arm_error(
-                status,
-                &code_name,
-                &format!("Fault injected by the fake ARM: {code}."),
-            );
-        }
-        Some(ArmFault::TooManyRequests { retry_after_secs }) => {
-            let mut response = arm_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                &format!(
-                    "The request was throttled (fault injected). Please try again after \
-                     '{retry_after_secs}' seconds."
-                ),
-            );
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
-            );
-            return response;
-        }
-        Some(ArmFault::Delay(delay)) => tokio::time::sleep(delay).await,
-        Some(ArmFault::DropConnection) => {
-            // Handlers cannot fail in axum; unwinding out of the connection task (HTTP/1.1) or
-            // stream task (HTTP/2) drops it without a response. `resume_unwind` skips the panic
-            // hook, so nothing is printed, and no lock is held here.
-            std::panic::resume_unwind(Box::new("FakeArm: ArmFault::DropConnection"));
-        }
-        Some(ArmFault::MalformedJson) => malformed = true,
-        Some(ArmFault::NextLinkLoop) => next_link_loop = true,
-    }
+    let proceed = match faults::apply(fault, "ARM", arm_error, arm_throttled).await {
+        Ok(proceed) => proceed,
+        Err(answer) => return answer,
+    };
 
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
@@ -716,7 +624,7 @@ async fn respond(
         None => match (target.op, write_refusal(&arm, target.op)) {
             (_, Some(refused)) => refused,
             (ArmOp::Get, None) => get_asset(&arm, &target),
-            (ArmOp::List, None) => list_assets(&arm, uri.path(), &query, next_link_loop),
+            (ArmOp::List, None) => list_assets(&arm, uri.path(), &query, proceed.next_link_loop),
             (ArmOp::ListContainerSas, None) => list_container_sas(&arm, &target, &body),
             (ArmOp::PutTransform, None) => put_transform(&arm, &target, &body),
             (ArmOp::PutAsset, None) => put_asset(&arm, &target, &body).await,
@@ -724,10 +632,7 @@ async fn respond(
             (ArmOp::GetJob, None) => get_job(&arm, &target).await,
         },
     };
-    if malformed && response.status() == StatusCode::OK {
-        return truncate_body(response).await;
-    }
-    response
+    proceed.finish(response).await
 }
 
 /// ARM's checks before the resource provider sees the request: token, api-version, role
@@ -1555,7 +1460,7 @@ fn filter_matches(filter: &Filter, asset: &FakeAsset) -> bool {
 
 // ---- JSON built from the examples ----
 
-/// Success bodies from `tests/fixtures/ams-examples`, loaded once per test binary.
+/// Success bodies from `tests/fixtures/ams-examples`, loaded once per test process.
 struct Templates {
     get: Value,
     list: Value,
@@ -1721,6 +1626,18 @@ fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
     )
 }
 
+/// ARM's 429 for [`RestFault::TooManyRequests`].
+fn arm_throttled(retry_after_secs: Option<u64>) -> Response {
+    let again = retry_after_secs
+        .map(|secs| format!(" Please try again after '{secs}' seconds."))
+        .unwrap_or_default();
+    arm_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        &format!("The request was throttled (fault injected).{again}"),
+    )
+}
+
 fn unauthorized(code: &str, message: &str) -> Response {
     let mut response = arm_error(StatusCode::UNAUTHORIZED, code, message);
     response.headers_mut().insert(
@@ -1731,23 +1648,6 @@ fn unauthorized(code: &str, message: &str) -> Response {
         ),
     );
     response
-}
-
-/// The same response with its body cut in half: valid headers, broken JSON.
-async fn truncate_body(response: Response) -> Response {
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .expect("in-memory body");
-    let text = String::from_utf8_lossy(&bytes);
-    let mut cut = text.len() / 2;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut broken = json_text_response(parts.status, text[..cut].to_owned());
-    *broken.headers_mut() = parts.headers;
-    broken.headers_mut().remove(header::CONTENT_LENGTH);
-    broken
 }
 
 /// Percent-encode all but unreserved characters in a path segment.

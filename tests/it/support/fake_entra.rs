@@ -18,7 +18,7 @@
 //! Everything a test may want to assert on is recorded: requests per form, every token issued
 //! (to check none of them ever shows up in logs), and faults can be queued for the next requests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +36,7 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::faults::FaultQueue;
 use super::tls::{self, TestPki};
 
 /// HMAC key the fake signs its tokens with. Azurite does not check signatures; the fake ARM does,
@@ -76,8 +77,6 @@ pub struct IssuedToken {
     /// `aud` claim (scope/resource without `/.default` and trailing `/`).
     pub audience: String,
     pub access_token: String,
-    pub expires_on: OffsetDateTime,
-    pub claims: Value,
 }
 
 /// The fake token service. Cheap to clone: clones share state, so a test keeps one handle while
@@ -97,7 +96,8 @@ struct EntraState {
     mi_object_id: String,
     identity_header: String,
     lifetime: Duration,
-    faults: VecDeque<EntraFault>,
+    /// One operation: a token request, of either form.
+    faults: FaultQueue<(), EntraFault>,
     requests: HashMap<TokenForm, usize>,
     issued: Vec<IssuedToken>,
 }
@@ -122,7 +122,7 @@ impl FakeEntra {
                 mi_object_id: DEFAULT_MI_OBJECT_ID.to_owned(),
                 identity_header: DEFAULT_IDENTITY_HEADER.to_owned(),
                 lifetime: Duration::from_secs(3600),
-                faults: VecDeque::new(),
+                faults: FaultQueue::default(),
                 requests: HashMap::new(),
                 issued: Vec::new(),
             })),
@@ -167,11 +167,6 @@ impl FakeEntra {
 
     // ---- configuration (builder style; clones share state, so these also work after start) ----
 
-    pub fn with_tenant(self, tenant_id: impl Into<String>) -> Self {
-        self.state().tenant_id = tenant_id.into();
-        self
-    }
-
     /// The service principal `ClientSecretCredential` authenticates as.
     pub fn with_client(self, client_id: impl Into<String>, secret: impl Into<String>) -> Self {
         {
@@ -179,33 +174,6 @@ impl FakeEntra {
             s.client_id = client_id.into();
             s.client_secret = secret.into();
         }
-        self
-    }
-
-    /// `oid`/`sub` of the service principal's tokens.
-    pub fn with_object_id(self, object_id: impl Into<String>) -> Self {
-        self.state().object_id = object_id.into();
-        self
-    }
-
-    /// The managed identity: its client id (`appid`; a `client_id` query must match it) and
-    /// object id (`oid`).
-    pub fn with_managed_identity(
-        self,
-        client_id: impl Into<String>,
-        object_id: impl Into<String>,
-    ) -> Self {
-        {
-            let mut s = self.state();
-            s.mi_client_id = client_id.into();
-            s.mi_object_id = object_id.into();
-        }
-        self
-    }
-
-    /// The `x-identity-header` value the MSI endpoint expects (App Service's `IDENTITY_HEADER`).
-    pub fn with_identity_header(self, value: impl Into<String>) -> Self {
-        self.state().identity_header = value.into();
         self
     }
 
@@ -224,21 +192,16 @@ impl FakeEntra {
 
     /// Queues a fault for the next token request of either form.
     pub fn push_fault(&self, fault: EntraFault) {
-        self.state().faults.push_back(fault);
+        self.state().faults.push((), fault);
     }
 
     /// Queues the same fault for the next `times` token requests.
     pub fn push_faults(&self, fault: EntraFault, times: usize) {
-        let mut s = self.state();
-        s.faults.extend(std::iter::repeat_n(fault, times));
+        self.state().faults.push_n((), fault, times);
     }
 
     pub fn pending_faults(&self) -> usize {
-        self.state().faults.len()
-    }
-
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
+        self.state().faults.pending(&())
     }
 
     // ---- what tests read ----
@@ -346,7 +309,7 @@ impl FakeEntra {
         let fault = {
             let mut s = self.state();
             *s.requests.entry(form).or_default() += 1;
-            s.faults.pop_front()
+            s.faults.next(&())
         };
         match fault {
             None => None,
@@ -381,8 +344,6 @@ impl FakeEntra {
             form,
             audience: audience.to_owned(),
             access_token: token.clone(),
-            expires_on,
-            claims,
         });
         (token, expires_on)
     }

@@ -91,7 +91,6 @@ pub struct Seen {
     pub method: Method,
     /// Path and query, the value of `sig` replaced by `REDACTED`.
     pub target: String,
-    pub listing: bool,
     pub fault: Option<FaultKind>,
 }
 
@@ -230,10 +229,6 @@ impl FaultProxy {
         self.state().faults.len()
     }
 
-    pub fn clear_faults(&self) {
-        self.state().faults.clear();
-    }
-
     /// While on, a listing page asked for with `marker=M` answers `NextMarker` M: the
     /// continuation loops on that page forever (the first page, without a marker, is intact).
     pub fn set_marker_loop(&self, on: bool) {
@@ -241,11 +236,6 @@ impl FaultProxy {
     }
 
     // ---- counters ----
-
-    /// Every request received (faulted or not).
-    pub fn hits(&self) -> usize {
-        self.state().total
-    }
 
     /// Requests with `comp=list` received (faulted or not).
     pub fn listing_hits(&self) -> usize {
@@ -357,7 +347,6 @@ async fn handle(
         s.seen.push(Seen {
             method: method.clone(),
             target: redact_sig(&path_and_query),
-            listing,
             fault: fault.as_ref().map(Fault::kind),
         });
         (fault, s.marker_loop && listing && marker.is_some())

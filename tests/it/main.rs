@@ -1,0 +1,29 @@
+//! The integration tests: one test binary (`cargo test --test it`), so that `support` is
+//! compiled once. Each module is one area; filter by module, e.g.
+//! `cargo test --test it -- faults::`.
+//!
+//! Every test shares this one process, so what is process-wide is shared too: the tracing
+//! subscriber (`support::logs::capture` keeps one test's lines), the Prometheus recorder
+//! (assert on increases, `support::metric`), the environment (a test that sets it runs alone in
+//! a child process, `support::own_process`) and the current directory (no test changes it).
+
+mod support;
+
+mod api;
+mod azure_ams;
+mod azure_mkio;
+mod azure_storage;
+mod azurite_harness;
+mod cache;
+mod cli;
+mod credentials;
+mod fakes;
+mod faults;
+mod frontend;
+mod jobs;
+mod jwt;
+mod mkio;
+mod openapi;
+mod resilience;
+mod security;
+mod shutdown;

@@ -1,19 +1,18 @@
 //! Entra ID bearer tokens: signed by the test, checked against a local JWKS over HTTPS.
 //!
-//! The service's own guard (`auth::authenticate` with a `JwtValidator`) runs in front of stand-in
-//! handlers for each route group, so every answer here is the guard's.
+//! Every answer comes from the service itself (route table, gate, guard), built from settings
+//! with `[auth.jwt]` pointing at the fake tenant; the validator is also called directly where
+//! a test is about it alone.
 
 use crate::support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ams_thumbnails::config::{ApiKeySettings, AuthMode, AuthSettings, RateLimitSettings, Role};
-use ams_thumbnails::http::auth::{self, Guard, JwtError, JwtSettings, JwtValidator};
+use ams_thumbnails::http::auth::{JwtError, JwtSettings, JwtValidator};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
-use axum::routing::{self, delete};
 use http_body_util::BodyExt;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -94,10 +93,12 @@ fn sha256(key: &str) -> String {
         .collect()
 }
 
-/// The guard as the service builds it (`auth.api` and `auth.ops` = "api-key", one API key),
-/// in front of stand-ins for each route group, with the service's request span.
-fn app(validator: Option<JwtValidator>, rate: RateLimitSettings) -> Router {
-    let auth = AuthSettings {
+/// The service itself over the samples (`auth.api` and `auth.ops` = "api-key", one API key,
+/// tokens per `jwt` when given, the fake tenant's JWKS trusted through `upstream.ca_file`),
+/// in process: every answer here comes through the real route table, gate and guard.
+fn app(jwt: Option<JwtSettings>, rate: RateLimitSettings) -> Router {
+    let mut settings = support::settings("");
+    settings.auth = AuthSettings {
         api: AuthMode::ApiKey,
         ops: AuthMode::ApiKey,
         api_keys: vec![ApiKeySettings {
@@ -105,38 +106,14 @@ fn app(validator: Option<JwtValidator>, rate: RateLimitSettings) -> Router {
             sha256: sha256(FRONTEND_KEY),
             roles: vec![Role::Api],
         }],
+        jwt,
         ..Default::default()
     };
-    let guard = Arc::new(Guard::with_jwt(&auth, &rate, validator));
-    Router::new()
-        .route(
-            "/assets/{asset_id}/thumbnails",
-            routing::get(|| async { "thumbnails" }),
-        )
-        .route(
-            "/assets/{asset_id}/cache",
-            delete(|| async { StatusCode::NO_CONTENT }),
-        )
-        .route("/metrics", routing::get(|| async { "metrics" }))
-        .route("/healthz", routing::get(|| async { "ok" }))
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            auth::authenticate,
-        ))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<Body>| {
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        client = tracing::field::Empty,
-                    )
-                })
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
-                ),
-        )
+    settings.rate_limit = rate;
+    settings.upstream.ca_file = Some(tls::shared().ca_pem.clone());
+    settings.upstream.connect_timeout = Duration::from_secs(2);
+    settings.upstream.timeout = Duration::from_secs(5);
+    support::app_with_probe(settings).0
 }
 
 struct Answer {
@@ -214,10 +191,7 @@ async fn valid_tokens_get_the_roles_their_claims_map_to() {
     let jwks = FakeJwks::start(tls::shared()).await;
     let key = TestKey::rsa("rsa-key-1");
     jwks.publish(&[&key]);
-    let app = app(
-        Some(validator(jwt_settings(&jwks, ""))),
-        RateLimitSettings::default(),
-    );
+    let app = app(Some(jwt_settings(&jwks, "")), RateLimitSettings::default());
 
     let reader = key.sign(&claims(&["Thumbnails.Read"]));
     assert_eq!(get(&app, &reader).await.status, 200);
@@ -287,7 +261,7 @@ async fn refused_tokens_get_401_invalid_token() {
     let impostor = TestKey::rsa("rsa-key-1");
     jwks.publish(&[&key]);
     let app = app(
-        Some(validator(jwt_settings(&jwks, "leeway = \"60s\"\n"))),
+        Some(jwt_settings(&jwks, "leeway = \"60s\"\n")),
         RateLimitSettings::default(),
     );
     let read = || claims(&["Thumbnails.Read"]);
@@ -437,20 +411,14 @@ async fn es256_is_accepted_only_when_configured() {
     jwks.publish(&[&rsa, &ec]);
     let read = claims(&["Thumbnails.Read"]);
 
-    let default = app(
-        Some(validator(jwt_settings(&jwks, ""))),
-        RateLimitSettings::default(),
-    );
+    let default = app(Some(jwt_settings(&jwks, "")), RateLimitSettings::default());
     assert_eq!(get(&default, &rsa.sign(&read)).await.status, 200);
     get(&default, &ec.sign(&read))
         .await
         .problem(401, "unauthorized");
 
     let both = app(
-        Some(validator(jwt_settings(
-            &jwks,
-            "algorithms = [\"RS256\", \"ES256\"]\n",
-        ))),
+        Some(jwt_settings(&jwks, "algorithms = [\"RS256\", \"ES256\"]\n")),
         RateLimitSettings::default(),
     );
     let a = get(&both, &ec.sign(&read)).await;
@@ -468,10 +436,7 @@ async fn a_rotated_key_is_fetched_once_after_the_cooldown() {
     let new = TestKey::rsa("key-2025");
     jwks.publish(&[&old]);
     let app = app(
-        Some(validator(jwt_settings(
-            &jwks,
-            "jwks_refresh_cooldown = \"300ms\"\n",
-        ))),
+        Some(jwt_settings(&jwks, "jwks_refresh_cooldown = \"300ms\"\n")),
         RateLimitSettings::default(),
     );
     let read = claims(&["Thumbnails.Read"]);
@@ -526,10 +491,7 @@ async fn a_flood_of_unknown_kids_costs_one_jwks_fetch() {
     let jwks = FakeJwks::start(tls::shared()).await;
     let key = TestKey::rsa("real-key");
     jwks.publish(&[&key]);
-    let app = app(
-        Some(validator(jwt_settings(&jwks, ""))),
-        RateLimitSettings::default(),
-    );
+    let app = app(Some(jwt_settings(&jwks, "")), RateLimitSettings::default());
     let read = claims(&["Thumbnails.Read"]);
     // Cold cache, 200 concurrent tokens with made-up kids.
     let flood: Vec<String> = (0..200)
@@ -555,10 +517,10 @@ async fn an_unreachable_jwks_is_503_not_401() {
     jwks.publish(&[&key]);
     jwks.fail_with(Some(503));
     let app = app(
-        Some(validator(jwt_settings(
+        Some(jwt_settings(
             &jwks,
             "jwks_refresh_cooldown = \"200ms\"\njwks_cache_ttl = \"400ms\"\n",
-        ))),
+        )),
         RateLimitSettings::default(),
     );
     let token = key.sign(&claims(&["Thumbnails.Read"]));
@@ -589,17 +551,17 @@ async fn an_unreachable_jwks_is_503_not_401() {
     settings.jwks_url = format!("https://{closed}/{TENANT}/discovery/v2.0/keys")
         .parse()
         .unwrap();
-    let unreachable = validator(settings);
+    let unreachable = validator(settings.clone());
     assert!(matches!(
         unreachable.validate(&token).await,
         Err(JwtError::Unavailable(_))
     ));
-    let app = app_with(unreachable);
+    let app = app_with(settings);
     get(&app, &token).await.problem(503, "upstream-unavailable");
 }
 
-fn app_with(validator: JwtValidator) -> Router {
-    app(Some(validator), RateLimitSettings::default())
+fn app_with(jwt: JwtSettings) -> Router {
+    app(Some(jwt), RateLimitSettings::default())
 }
 
 #[tokio::test]
@@ -608,7 +570,7 @@ async fn tokens_are_rate_limited_per_subject() {
     let key = TestKey::rsa("key");
     jwks.publish(&[&key]);
     let app = app(
-        Some(validator(jwt_settings(&jwks, ""))),
+        Some(jwt_settings(&jwks, "")),
         RateLimitSettings {
             requests_per_second: 0.01,
             burst: 2,
@@ -649,29 +611,19 @@ async fn without_jwt_settings_bearer_jwts_are_api_keys() {
 async fn an_api_key_shaped_like_a_jwt_stays_a_key() {
     let jwks = FakeJwks::start(tls::shared()).await;
     let odd_key = "part1.part2.part3";
-    let auth = AuthSettings {
+    let mut settings = support::settings("");
+    settings.auth = AuthSettings {
         api: AuthMode::ApiKey,
         api_keys: vec![ApiKeySettings {
             name: "odd".into(),
             sha256: sha256(odd_key),
             roles: vec![Role::Api],
         }],
+        jwt: Some(jwt_settings(&jwks, "")),
         ..Default::default()
     };
-    let guard = Arc::new(Guard::with_jwt(
-        &auth,
-        &RateLimitSettings::default(),
-        Some(validator(jwt_settings(&jwks, ""))),
-    ));
-    let app = Router::new()
-        .route(
-            "/assets/{asset_id}/thumbnails",
-            routing::get(|| async { "ok" }),
-        )
-        .layer(axum::middleware::from_fn_with_state(
-            guard,
-            auth::authenticate,
-        ));
+    settings.upstream.ca_file = Some(tls::shared().ca_pem.clone());
+    let app = support::app_with_probe(settings).0;
     assert_eq!(get(&app, odd_key).await.status, 200);
     assert_eq!(jwks.hits(), 0, "no JWKS fetch for a key");
 }
@@ -689,10 +641,7 @@ async fn jwks_entries_the_service_cannot_use_are_skipped() {
         encryption,
         key.jwk(),
     ]);
-    let app = app(
-        Some(validator(jwt_settings(&jwks, ""))),
-        RateLimitSettings::default(),
-    );
+    let app = app(Some(jwt_settings(&jwks, "")), RateLimitSettings::default());
     let read = claims(&["Thumbnails.Read"]);
     assert_eq!(get(&app, &key.sign(&read)).await.status, 200);
     // A symmetric key in the set must never verify an HS256 token.

@@ -10,6 +10,7 @@
 mod support;
 
 mod api;
+mod architecture;
 mod azure_ams;
 mod azure_mkio;
 mod azure_storage;

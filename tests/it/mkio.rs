@@ -8,9 +8,9 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use ams_thumbnails::asset_id::AssetId;
-use ams_thumbnails::config::{ConfigError, UpstreamSettings};
+use ams_thumbnails::config::{Invalid, MkioSourceSettings, UpstreamSettings};
 use ams_thumbnails::secret::Secret;
-use ams_thumbnails::source::mkio::{MkioCatalog, MkioSourceSettings};
+use ams_thumbnails::source::mkio::MkioCatalog;
 use ams_thumbnails::source::{AssetLocation, Catalog, HealthCheck, SourceError};
 use futures::future::join_all;
 use serde_json::Value;
@@ -654,7 +654,7 @@ async fn token_from_a_file() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Invalid { key, .. } if key == "source.token_file"),
+        matches!(&err, Invalid { key, .. } if key == "source.token_file"),
         "{err}"
     );
     // Both set: refused.
@@ -668,7 +668,7 @@ async fn token_from_a_file() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, ConfigError::Invalid { key, .. } if key == "source.token_file"),
+        matches!(&err, Invalid { key, .. } if key == "source.token_file"),
         "{err}"
     );
 }

@@ -193,7 +193,9 @@ mod bounded_upstream {
     async fn calls_to_one_upstream_are_bounded() {
         let settings = super::settings("");
         let base = url::Url::parse("http://x.test").unwrap();
-        let real = Backend::from_settings(&settings, &base).unwrap();
+        let real = ams_thumbnails::server::compose::backend(&settings, &base, None)
+            .unwrap()
+            .backend;
         let slow = Arc::new(SlowCatalog::default());
         let backend = Backend {
             catalog: slow.clone(),

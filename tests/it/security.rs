@@ -276,3 +276,44 @@ fn secrets_can_come_from_files_and_never_show() {
         .to_string();
     assert!(err.contains("credential.client_secret_file"), "{err}");
 }
+
+#[tokio::test]
+async fn a_path_that_matches_no_route_is_404_for_everyone() {
+    let server = TestServer::start(keyed("")).await;
+    for path in [
+        "/nowhere",
+        "/assets",
+        "/assets/x/unknown",
+        "/jobs",
+        "/local/x",
+    ] {
+        for header in [
+            None,
+            Some(("x-api-key", FRONTEND_KEY)),
+            Some(("x-api-key", OPERATOR_KEY)),
+        ] {
+            assert_problem(
+                get_with(&server, path, header).await,
+                404,
+                "route-not-found",
+            )
+            .await;
+        }
+    }
+    // A route that exists still asks for its credential first.
+    assert_problem(
+        get_with(&server, "/assets/x/thumbnails", None).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    // A method the route does not take: the route's access first, then 405.
+    let response = server
+        .client
+        .post(server.url("/metrics"))
+        .header("x-api-key", OPERATOR_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 405, "method-not-allowed").await;
+}

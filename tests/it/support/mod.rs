@@ -24,6 +24,7 @@ use std::time::Duration;
 use ams_thumbnails::asset_id::AssetId;
 use ams_thumbnails::config::{LocalSourceSettings, SourceSettings};
 use ams_thumbnails::model::{BlobEntry, Link};
+use ams_thumbnails::server::compose;
 use ams_thumbnails::source::{AssetLocation, Backend, BlobStore, Catalog, Linker, SourceError};
 use ams_thumbnails::{AppState, Server, Settings};
 use async_trait::async_trait;
@@ -84,7 +85,6 @@ impl Probe {
             linker: probe.clone(),
             health: inner.health.clone(),
             local_root: inner.local_root.clone(),
-            encoder: inner.encoder.clone(),
         };
         (probe, backend)
     }
@@ -166,9 +166,14 @@ impl Linker for Probe {
 /// An in-process app over the samples, with a probe, for `oneshot` tests.
 pub fn app_with_probe(settings: Settings) -> (axum::Router, AppState, Arc<Probe>) {
     let base = url::Url::parse("http://thumbs.test").unwrap();
-    let (probe, backend) =
-        Probe::wrap(Backend::from_settings(&settings, &base).expect("backend builds"));
-    let state = AppState::new(settings, backend);
+    let mut probe_slot = None;
+    let state = compose::app_state(&settings, &base, |backend| {
+        let (probe, backend) = Probe::wrap(backend);
+        probe_slot = Some(probe);
+        backend
+    })
+    .expect("the service builds");
+    let probe = probe_slot.expect("the backend was wrapped");
     (ams_thumbnails::app(state.clone()), state, probe)
 }
 
@@ -185,10 +190,10 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(settings: Settings) -> Self {
         let mut probe_slot = None;
-        let server = Server::bind_with(settings, |s, url| {
-            let (probe, backend) = Probe::wrap(Backend::from_settings(s, url)?);
+        let server = Server::bind_with(settings, |backend| {
+            let (probe, backend) = Probe::wrap(backend);
             probe_slot = Some(probe);
-            Ok(backend)
+            backend
         })
         .await
         .expect("bind 127.0.0.1:0");

@@ -67,15 +67,11 @@ pub fn backend(
                     account,
                 )),
             };
-            let azure = azure(http)?;
-            let backend = Backend {
-                catalog,
-                store: azure.store,
-                linker: azure.linker,
-                health: azure.health,
-                local_root: None,
-            };
-            (backend, None, ("storage", "storage"))
+            (
+                over_azure(catalog, None, azure(http)?),
+                None,
+                ("storage", "storage"),
+            )
         }
         SourceSettings::Mkio(mkio) => {
             let azure = azure(http)?;
@@ -85,16 +81,8 @@ pub fn backend(
                 azure.http.clone(),
                 account,
             )?);
-            let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
-            health.extend(azure.health);
             let encoder = Arc::new(jobs::mkio::MkioEncoder::new(catalog.clone()));
-            let backend = Backend {
-                catalog,
-                store: azure.store,
-                linker: azure.linker,
-                health,
-                local_root: None,
-            };
+            let backend = over_azure(catalog.clone(), Some(catalog), azure);
             (
                 backend,
                 Some(encoder as Arc<dyn Encoder>),
@@ -115,19 +103,11 @@ pub fn backend(
                 uses_ams_container_sas(&settings.storage, &settings.links)
                     .then_some(settings.links.lifetime),
             )?);
-            let mut health: Vec<Arc<dyn HealthCheck>> = vec![catalog.clone()];
-            health.extend(azure.health);
             let encoder = Arc::new(jobs::ams::AmsEncoder::new(
                 catalog.clone(),
                 &settings.jobs.transform_api_version,
             ));
-            let backend = Backend {
-                catalog,
-                store: azure.store,
-                linker: azure.linker,
-                health,
-                local_root: None,
-            };
+            let backend = over_azure(catalog.clone(), Some(catalog), azure);
             (
                 backend,
                 Some(encoder as Arc<dyn Encoder>),
@@ -142,6 +122,24 @@ pub fn backend(
         settings.bench.upstream_latency,
     );
     Ok(Sourced { backend, encoder })
+}
+
+/// A backend whose blobs are in Blob Storage: `catalog` finds them, the Azure parts list and
+/// link them; `/readyz` reports on the catalog's upstream (when it has one) and Storage.
+fn over_azure(
+    catalog: Arc<dyn Catalog>,
+    catalog_health: Option<Arc<dyn HealthCheck>>,
+    azure: AzureBackend,
+) -> Backend {
+    let mut health: Vec<Arc<dyn HealthCheck>> = catalog_health.into_iter().collect();
+    health.extend(azure.health);
+    Backend {
+        catalog,
+        store: azure.store,
+        linker: azure.linker,
+        health,
+        local_root: None,
+    }
 }
 
 /// The shared HTTP client, when something calls out: an Azure source, or a JWKS to fetch.

@@ -657,20 +657,11 @@ async fn token_from_a_file() {
         matches!(&err, Invalid { key, .. } if key == "source.token_file"),
         "{err}"
     );
-    // Both set: refused.
+    // Both set: refused with the settings, before any catalog is built.
     from_file.token = Some(Secret::new("x"));
     from_file.token_file = Some(path);
-    let err = MkioCatalog::new(
-        &from_file,
-        &UpstreamSettings::default(),
-        reqwest::Client::new(),
-        DEFAULT_ACCOUNT,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Invalid { key, .. } if key == "source.token_file"),
-        "{err}"
-    );
+    let err = from_file.validate().unwrap_err();
+    assert_eq!(err.key, "source.token_file", "{err}");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! `http_requests_shed_total`;
 //! `cache_hits_total`, `cache_misses_total`, `cache_coalesced_total`, `cache_stale_served_total`,
 //! `cache_refresh_failures_total`, `cache_evictions_total` (cause), `cache_entries`,
-//! `cache_bytes`;
+//! `cache_bytes`; `storyboard_read_failures_total` (reason);
 //! `upstream_requests_total` / `upstream_request_duration_seconds` (backend, operation,
 //! outcome).
 

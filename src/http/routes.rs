@@ -205,7 +205,8 @@ pub fn table(state: &AppState) -> Vec<Route> {
             "/bench/bare/{assetId}",
             Api,
             Shed,
-            get(move || {
+            // The same shape as the asset routes: a path capture extracted, then a body.
+            get(move |_: axum::extract::Path<String>| {
                 let body = body.clone();
                 async move {
                     (

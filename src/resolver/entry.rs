@@ -54,6 +54,7 @@ pub(super) struct Span {
 }
 
 impl Span {
+    #[inline]
     pub(super) fn range(self) -> std::ops::Range<usize> {
         self.start as usize..(self.start + self.len) as usize
     }
@@ -171,6 +172,7 @@ impl Resolved {
 
     /// Whether this is the entry of that id: the answer opens with it (ids whose JSON form
     /// needs escapes never match, and are served through moka).
+    #[inline]
     pub(super) fn is_for(&self, id: &str) -> bool {
         const PREFIX: &[u8] = b"{\"assetId\":\"";
         self.body()
@@ -179,21 +181,25 @@ impl Resolved {
     }
 
     /// When this entry stops being served from the cache at all.
+    #[inline]
     pub fn valid_until(&self) -> Instant {
         self.valid_until
     }
 
     /// When this entry stops being fresh.
+    #[inline]
     pub fn fresh_until(&self) -> Instant {
         self.fresh_until
     }
 
     /// The JSON answer (for a response, see [`Resolution::answer`]).
+    #[inline]
     pub fn body(&self) -> &[u8] {
         &self.buffer[self.body.range()]
     }
 
     /// Strong ETag of `body` (quoted).
+    #[inline]
     pub(super) fn etag_bytes(&self) -> &[u8] {
         &self.buffer[self.etag.range()]
     }
@@ -236,6 +242,7 @@ impl Resolved {
     }
 
     /// When the first URL in the answer expires (None: they do not expire).
+    #[inline]
     pub fn urls_expire(&self) -> Option<Instant> {
         self.urls_expire
     }

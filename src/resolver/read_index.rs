@@ -57,6 +57,7 @@ impl Slot {
         }
     }
 
+    #[inline]
     fn prefetch(&self) {
         prefetch(Arc::as_ptr(&self.entry) as usize, 128);
         let mask = (1 << Self::ADDRESS_BITS) - 1;
@@ -110,6 +111,7 @@ impl ReadIndex {
         }
     }
 
+    #[inline]
     fn slot(&self, key: &str) -> (&std::sync::RwLock<HotMap>, u64) {
         use std::hash::BuildHasher;
         let hash = self.hasher.hash_one(key);
@@ -118,6 +120,7 @@ impl ReadIndex {
     }
 
     /// The entry, while it may still be served at `now`.
+    #[inline]
     pub(super) fn get(&self, key: &str, now: Instant) -> Option<Arc<Resolved>> {
         let (shard, hash) = self.slot(key);
         let found = {

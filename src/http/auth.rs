@@ -290,7 +290,7 @@ impl Guard {
         }
         if access != Access::Public
             && let Some(limiter) = &self.limiter
-            && let Err(retry_after) = limiter.check(&identity.bucket())
+            && let Err(retry_after) = limiter.check(identity.bucket())
         {
             metrics::counter!("http_requests_rate_limited_total").increment(1);
             let mut problem = Problem::new(Kind::RateLimited, "too many requests from this client");

@@ -31,8 +31,9 @@ impl RateLimiter {
         })
     }
 
-    /// Takes one request's allowance for `client`, or says how long until there is one.
-    pub fn check(&self, client: &str) -> Result<(), Duration> {
+    /// Takes one request's allowance for `client` (its bucket name, made for this request and
+    /// used as the key as it is), or says how long until there is one.
+    pub fn check(&self, client: String) -> Result<(), Duration> {
         if self.limiter.len() >= MAX_CLIENTS {
             self.limiter.retain_recent();
             if self.limiter.len() >= MAX_CLIENTS {
@@ -40,7 +41,7 @@ impl RateLimiter {
             }
         }
         self.limiter
-            .check_key(&client.to_owned())
+            .check_key(&client)
             .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 }
@@ -57,14 +58,17 @@ mod tests {
         })
         .unwrap();
         for _ in 0..3 {
-            assert!(limiter.check("a").is_ok());
+            assert!(limiter.check("a".into()).is_ok());
         }
-        let wait = limiter.check("a").unwrap_err();
+        let wait = limiter.check("a".into()).unwrap_err();
         assert!(
             wait <= Duration::from_millis(100) && wait > Duration::ZERO,
             "{wait:?}"
         );
-        assert!(limiter.check("b").is_ok(), "allowances are per client");
+        assert!(
+            limiter.check("b".into()).is_ok(),
+            "allowances are per client"
+        );
     }
 
     #[test]

@@ -75,6 +75,10 @@ fn run(blocking_threads: usize, fut: impl std::future::Future<Output = ExitCode>
 
 async fn serve(settings: Settings) -> ExitCode {
     telemetry::init(&settings.log);
+    match server::fd_limit::raise() {
+        Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "open-file limit not raised"),
+    }
     let server = match Server::bind(settings).await {
         Ok(s) => s,
         Err(StartError::Config(e)) => {

@@ -29,6 +29,19 @@ pub struct ServerSettings {
     /// Longest wait in the queue before `503 overloaded`.
     #[serde(with = "humantime_serde")]
     pub queue_timeout: Duration,
+    /// Longest a client may take to send a request head once its first byte arrived; past it,
+    /// the connection is closed (a slowloris client holds nothing for longer).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest a connection may stay open with no request in progress: after it was accepted
+    /// and after each answer. Load balancers that reuse connections should time out first
+    /// (below this value).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; lowered at start-up to fit under the open-file
+    /// limit with descriptors to spare. At the cap, the connection with no request in progress
+    /// nearest its timeout is closed to make room; a new one is refused only when all are busy.
+    pub max_connections: usize,
     /// Threads for blocking work (local folder walks and file reads, DNS lookups). Tokio's own
     /// bound is 512: a flood of cold local assets grew the pool to that, each thread with its
     /// stack, and glibc spread the transient allocations over every arena it has.
@@ -45,6 +58,9 @@ impl Default for ServerSettings {
             max_concurrent_requests: 1024,
             max_queued_requests: 2048,
             queue_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 4096,
             blocking_threads: 16,
         }
     }
@@ -75,6 +91,20 @@ impl ServerSettings {
         if self.max_concurrent_requests == 0 {
             return Err(Invalid::new(
                 "server.max_concurrent_requests",
+                "must be greater than 0",
+            ));
+        }
+        for (key, value) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Invalid::new(key, "must be greater than 0"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(Invalid::new(
+                "server.max_connections",
                 "must be greater than 0",
             ));
         }

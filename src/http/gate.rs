@@ -33,10 +33,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
-use super::REQUEST_ID;
 use super::auth::{Check, Guard};
 use super::problem::{Kind, Problem};
 use super::routes::{Policies, Policy, Shedding};
+use super::{MAX_HEADER_BYTES, MAX_URI_BYTES, REQUEST_ID};
 use crate::config::ServerSettings;
 
 // --- Request ids ---------------------------------------------------------------------------
@@ -398,11 +398,6 @@ fn timed_out(timeout: Duration) -> Response {
 }
 
 // --- Limits --------------------------------------------------------------------------------
-
-/// Longest request target accepted (path and query).
-const MAX_URI_BYTES: usize = 8 * 1024;
-/// Most header bytes accepted (names and values).
-const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Hostile-input limits before anything else runs.
 fn limits(request: &Request) -> Option<Problem> {

@@ -35,6 +35,11 @@ use crate::source::HealthCheck;
 use problem::{Kind, Problem};
 
 /// The OpenAPI document served at `/openapi.yaml` (and checked against the router by a test).
+/// Longest request target accepted (path and query).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes accepted (names and values).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -40,6 +40,7 @@ pub enum Kind {
     RateLimited,
     UriTooLong,
     HeadersTooLarge,
+    MalformedRequest,
     JobNotFound,
     GenerationUnsupported,
     GenerationRefused,
@@ -73,6 +74,7 @@ impl Kind {
             Kind::RateLimited => "rate-limited",
             Kind::UriTooLong => "uri-too-long",
             Kind::HeadersTooLarge => "headers-too-large",
+            Kind::MalformedRequest => "malformed-request",
             Kind::JobNotFound => "job-not-found",
             Kind::GenerationUnsupported => "generation-unsupported",
             Kind::GenerationRefused => "generation-refused",
@@ -81,11 +83,12 @@ impl Kind {
         }
     }
 
-    fn status(self) -> StatusCode {
+    pub fn status(self) -> StatusCode {
         match self {
-            Kind::InvalidAssetId | Kind::InvalidParameter | Kind::InvalidBody => {
-                StatusCode::BAD_REQUEST
-            }
+            Kind::InvalidAssetId
+            | Kind::InvalidParameter
+            | Kind::InvalidBody
+            | Kind::MalformedRequest => StatusCode::BAD_REQUEST,
             Kind::AssetNotFound
             | Kind::ThumbnailNotFound
             | Kind::NoThumbnails
@@ -137,6 +140,7 @@ impl Kind {
             Kind::RateLimited => "Too many requests",
             Kind::UriTooLong => "URI too long",
             Kind::HeadersTooLarge => "Request headers too large",
+            Kind::MalformedRequest => "Malformed HTTP request",
             Kind::JobNotFound => "Job not found",
             Kind::GenerationUnsupported => "Generation not available for this source",
             Kind::GenerationRefused => "The backend refuses generation",

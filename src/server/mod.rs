@@ -2,13 +2,13 @@
 //! gracefully.
 
 pub mod compose;
+pub mod connections;
+pub mod fd_limit;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use url::Url;
 
 use crate::config::{Invalid, Settings};
@@ -77,22 +77,32 @@ impl Server {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then stops accepting connections and lets in-flight
-    /// requests finish for at most `server.shutdown_grace`.
+    /// Serves until `shutdown` completes, then stops accepting connections, closes those with
+    /// no request in progress, and lets requests in progress finish for at most
+    /// `server.shutdown_grace` (see [`connections`]).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let grace = self.state.server.shutdown_grace;
-        tracing::info!(addr = %self.addr, base_url = %self.base_url, "listening");
-        let (started_tx, started_rx) = oneshot::channel();
+        let server = self.state.server.clone();
+        let limits = connections::Limits {
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_connections: fd_limit::connection_cap(server.max_connections, fd_limit::current()),
+        };
+        tracing::info!(
+            addr = %self.addr,
+            base_url = %self.base_url,
+            max_connections = limits.max_connections,
+            "listening"
+        );
+        let grace = server.shutdown_grace;
         let signal = async move {
             shutdown.await;
             tracing::info!(
                 grace_s = grace.as_secs_f64(),
-                "shutting down: draining in-flight requests"
+                "shutting down: closing idle connections, draining requests in progress"
             );
-            let _ = started_tx.send(());
         };
         // Histogram samples are kept until upkeep runs; without a scrape they would pile up.
         let upkeep = tokio::spawn(async {
@@ -102,35 +112,9 @@ impl Server {
                 crate::metrics::handle().run_upkeep();
             }
         });
-        // Answers leave at once (no Nagle delay behind an unacknowledged segment), as nginx does
-        // for keep-alive connections.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set");
-            }
-        });
-        let serve = axum::serve(
-            listener,
-            app(self.state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(signal);
-        let mut task = tokio::spawn(async move {
-            let result = serve.await;
-            upkeep.abort();
-            result
-        });
-        tokio::select! {
-            result = &mut task => return result.map_err(std::io::Error::other)?,
-            _ = started_rx => {}
-        }
-        match tokio::time::timeout(grace, &mut task).await {
-            Ok(result) => result.map_err(std::io::Error::other)?,
-            Err(_) => {
-                tracing::warn!("grace period over: exiting with requests still in flight");
-                task.abort();
-                Ok(())
-            }
-        }
+        connections::serve(self.listener, app(self.state), limits, signal, grace).await;
+        upkeep.abort();
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ mod azure_storage;
 mod azurite_harness;
 mod cache;
 mod cli;
+mod connections;
 mod credentials;
 mod fakes;
 mod faults;

@@ -141,3 +141,36 @@ async fn shutdown_under_load_completes_every_accepted_request() {
         "exit within the grace period: {drained_in:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_close_at_once_and_requests_in_progress_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start(settings("")).await;
+    server.probe.set_delay(Duration::from_millis(800));
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let client = server.client.clone();
+    let url = server.url("/assets/builtin-preset/thumbnails");
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let started = Instant::now();
+    server.trigger_shutdown();
+    let mut buf = [0u8; 64];
+    for conn in [&mut idle, &mut half] {
+        let read = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf))
+            .await
+            .expect("closed at once, not after the grace");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    assert!(started.elapsed() < Duration::from_millis(400));
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the request in progress finishes");
+    assert_eq!(response.status(), 200);
+    server.join().await.unwrap();
+}

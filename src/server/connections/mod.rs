@@ -14,36 +14,32 @@
 //!   not complete. A request in progress is bounded by the request timeout and the body-read
 //!   deadline, not here.
 //! - hyper reads at most [`HEAD_BUFFER_BYTES`] of a head before answering `431`; its own
-//!   `400`/`414`/`431` answers are rewritten as problem+json ([`Watched`]).
+//!   `400`/`414`/`431` answers are rewritten as problem+json ([`socket`]).
 //! - On shutdown, connections with no request in progress are closed at once; the others finish
 //!   the request in progress (keep-alive off) within the grace.
 
+mod service;
+mod socket;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use axum::http::{Request, Response};
-use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
-use crate::http::problem::{Kind, PROBLEM_JSON, Problem};
 use crate::http::{MAX_HEADER_BYTES, MAX_URI_BYTES};
+use service::ConnService;
+use socket::Watched;
 
 /// The most bytes of one request head (request line and header fields) hyper buffers: the
 /// service's own URI and header limits plus room for the syntax around them. A head that does
@@ -351,284 +347,6 @@ impl Connection {
     }
 }
 
-// --- The service of one connection ----------------------------------------------------------
-
-/// The router, with the connection's peer address (for `ConnectInfo`) and its bookkeeping.
-#[derive(Clone)]
-struct ConnService {
-    router: Router,
-    tracked: Arc<Tracked>,
-    remote: SocketAddr,
-}
-
-impl<B> tower::Service<Request<B>> for ConnService
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response<CountedBody>;
-    type Error = Infallible;
-    type Future = Answer;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.tracked.begin();
-        let guard = InFlight(self.tracked.clone());
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(ConnectInfo(self.remote));
-        Answer {
-            inner: tower::Service::call(&mut self.router, request),
-            guard: Some(guard),
-        }
-    }
-}
-
-/// Marks the connection's request as finished when dropped: with the answer's body once hyper
-/// has sent it, or with the request if the connection goes first.
-struct InFlight(Arc<Tracked>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct Answer {
-        #[pin]
-        inner: axum::routing::future::RouteFuture<Infallible>,
-        guard: Option<InFlight>,
-    }
-}
-
-impl Future for Answer {
-    type Output = Result<Response<CountedBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match ready!(this.inner.poll(cx)) {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        let guard = this.guard.take();
-        Poll::Ready(Ok(response.map(|inner| CountedBody {
-            inner,
-            _guard: guard,
-        })))
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The answer's body, holding the connection's [`InFlight`] until hyper drops it.
-    pub struct CountedBody {
-        #[pin]
-        inner: Body,
-        _guard: Option<InFlight>,
-    }
-}
-
-impl http_body::Body for CountedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-// --- The socket, watched -------------------------------------------------------------------
-
-/// The TCP stream, noting when a head starts to arrive and rewriting hyper's own error answers.
-///
-/// hyper answers a head it cannot parse (`400`), a request target over 64 KiB (`414`) or a head
-/// over its buffer (`431`) itself, with an empty body, before the service sees the request. A
-/// response head written on a connection that has had no more service calls than heads written
-/// is one of those; it is replaced by the same status as problem+json, and the rest of hyper's
-/// answer swallowed (hyper closes the connection after it).
-struct Watched {
-    io: TcpStream,
-    tracked: Arc<Tracked>,
-    /// Final response heads written so far.
-    heads: u64,
-    rewrite: Rewrite,
-}
-
-enum Rewrite {
-    No,
-    Writing { bytes: Vec<u8>, at: usize },
-    Done,
-}
-
-impl Watched {
-    fn new(io: TcpStream, tracked: Arc<Tracked>) -> Self {
-        Self {
-            io,
-            tracked,
-            heads: 0,
-            rewrite: Rewrite::No,
-        }
-    }
-
-    /// Whether `buf` starts a final response head, and if so whether hyper wrote it on its own.
-    fn head(&self, buf: &[u8]) -> Option<bool> {
-        let is_head = buf.len() > 12 && buf.starts_with(b"HTTP/1.1 ") && buf[9] != b'1';
-        is_head.then(|| self.heads + 1 > self.tracked.calls.load(Ordering::Relaxed))
-    }
-
-    /// Starts the rewrite when `buf` is hyper's own answer; returns whether it did.
-    fn start_rewrite(&mut self, buf: &[u8]) -> bool {
-        if self.head(buf) != Some(true) {
-            return false;
-        }
-        match own_answer(&buf[9..12]) {
-            Some(bytes) => {
-                self.rewrite = Rewrite::Writing { bytes, at: 0 };
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Writes the rewritten answer; `consumed` is what hyper is told was written.
-    fn drive(&mut self, cx: &mut Context<'_>, consumed: usize) -> Poll<io::Result<usize>> {
-        if let Rewrite::Writing { bytes, at } = &mut self.rewrite {
-            while *at < bytes.len() {
-                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*at..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                *at += n;
-            }
-            self.rewrite = Rewrite::Done;
-        }
-        Poll::Ready(Ok(consumed))
-    }
-}
-
-/// hyper's `400`, `414` and `431` as problem+json, closing the connection.
-fn own_answer(status: &[u8]) -> Option<Vec<u8>> {
-    let (kind, detail) = match status {
-        b"400" => (
-            Kind::MalformedRequest,
-            "the request is not valid HTTP/1.1".to_string(),
-        ),
-        b"414" => (
-            Kind::UriTooLong,
-            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
-        ),
-        b"431" => (
-            Kind::HeadersTooLarge,
-            format!(
-                "the request head exceeds {HEAD_BUFFER_BYTES} bytes or has more than 100 fields"
-            ),
-        ),
-        _ => return None,
-    };
-    let problem = Problem::new(kind, detail);
-    let status = problem.status();
-    let json = problem.to_json();
-    metrics::counter!("http_malformed_requests_total", "status" => status.as_str().to_owned())
-        .increment(1);
-    let mut bytes = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: {PROBLEM_JSON}\r\ncache-control: no-store\r\n\
-         x-content-type-options: nosniff\r\nreferrer-policy: no-referrer\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n",
-        status.as_str(),
-        status.canonical_reason().unwrap_or(""),
-        json.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(&json);
-    Some(bytes)
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            self.tracked.bytes_arrived();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.rewrite {
-            Rewrite::Done => return Poll::Ready(Ok(buf.len())),
-            Rewrite::Writing { .. } => return self.drive(cx, buf.len()),
-            Rewrite::No => {}
-        }
-        if self.start_rewrite(buf) {
-            return self.drive(cx, buf.len());
-        }
-        let is_head = self.head(buf).is_some();
-        let n = ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
-        if is_head && n > 0 {
-            self.heads += 1;
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let total = bufs.iter().map(|b| b.len()).sum();
-        match self.rewrite {
-            Rewrite::Done => return Poll::Ready(Ok(total)),
-            Rewrite::Writing { .. } => return self.drive(cx, total),
-            Rewrite::No => {}
-        }
-        let first: &[u8] = bufs.iter().find(|b| !b.is_empty()).map_or(&[], |b| b);
-        if self.start_rewrite(first) {
-            return self.drive(cx, total);
-        }
-        let is_head = self.head(first).is_some();
-        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
-        if is_head && n > 0 {
-            self.heads += 1;
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -678,27 +396,5 @@ mod tests {
         assert!(!a.evicted.load(Ordering::Relaxed));
         _c.begin();
         assert!(r.admit(&l).is_none(), "every open connection is busy");
-    }
-
-    #[test]
-    fn hypers_own_answers_become_problems() {
-        for (status, code) in [
-            (&b"400"[..], "malformed-request"),
-            (b"414", "uri-too-long"),
-            (b"431", "headers-too-large"),
-        ] {
-            let bytes = own_answer(status).unwrap();
-            let text = String::from_utf8(bytes).unwrap();
-            assert!(text.starts_with(&format!(
-                "HTTP/1.1 {}",
-                std::str::from_utf8(status).unwrap()
-            )));
-            assert!(text.contains("content-type: application/problem+json\r\n"));
-            let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            assert!(head.contains(&format!("content-length: {}", body.len())));
-            let json: serde_json::Value = serde_json::from_str(body).unwrap();
-            assert_eq!(json["code"], code);
-        }
-        assert!(own_answer(b"500").is_none());
     }
 }

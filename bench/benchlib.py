@@ -294,6 +294,53 @@ def ratio_row(records: list[dict], a: str, b: str, title: str, target: float):
     return title, result, f">= {target:.2f}", command
 
 
+ATTACKS = {
+    "slowloris": "300 connections sending a header byte per second",
+    "idle": "1,100 idle connections under a 1,024 open-file limit",
+    "headers": "1,000 connections sending 384 KB of header lines each",
+    "methods": "made-up methods, 8 connections",
+    "slow-bodies": "1,000 batch bodies at ~200 B/s",
+    "wrong-keys": "wrong API keys, 8 connections",
+    "batch": "batches of 100 distinct ids, 4 connections",
+    "negative": "unknown ids (new negative entries), 8 connections",
+}
+# The goal for peak RSS during the header and negative-entry floods: 100 MB.
+PEAK_GOAL_MIB = 100e6 / 2**20
+
+
+def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for mode, what in ATTACKS.items():
+        att = [r for r in records if r["kind"] == "load" and r["name"] == f"attack-{mode}"]
+        quiet = [r for r in records if r["kind"] == "load" and r["name"] == f"quiet-{mode}"]
+        if not att or not quiet:
+            continue
+        p99 = [a["p99_ms"] / q["p99_ms"] for a, q in zip(att, quiet)]
+        rps = [a["rps"] / q["rps"] for a, q in zip(att, quiet)]
+        peaks = [r for r in records if r["kind"] == "peak" and r["name"] == mode]
+        peak = max(((p["peak_kib"] - p["idle_kib"]) / 1024 for p in peaks), default=0.0)
+        memory_goal = mode in ("headers", "negative")
+        ok = statistics.median(p99) <= 5 and statistics.median(rps) >= 0.8
+        ok = ok and (not memory_goal or peak < PEAK_GOAL_MIB)
+        sent = (peaks[-1].get("attack") or {}) if peaks else {}
+        sent = ", ".join(f"{k} {v:,}" for k, v in sent.items() if k != "mode")
+        result = (
+            f"p99 **{statistics.median(p99):.2f}x** "
+            f"({statistics.median(q['p99_ms'] for q in quiet):.2f} → "
+            f"{statistics.median(a['p99_ms'] for a in att):.2f} ms), throughput "
+            f"**{statistics.median(rps):.2f}x** ({fmt_int(statistics.median(q['rps'] for q in quiet))} → "
+            f"{fmt_int(statistics.median(a['rps'] for a in att))} req/s), peak RSS "
+            f"**+{peak:.1f} MiB** {'PASS' if ok else 'FAIL'} (per round p99 "
+            f"{' / '.join(f'{x:.2f}' for x in p99)}, throughput {' / '.join(f'{x:.2f}' for x in rps)}; "
+            f"last attack: {sent or '?'})"
+        )
+        target = "p99 <= 5x, throughput >= 0.80x" + (
+            ", peak RSS < 100 MB above idle" if memory_goal else ""
+        )
+        rows.append((f"Hostile: {mode} ({what}) vs quiet", result, target, f"`{att[0]['command']}`"))
+    return rows
+
+
 def report(records_path: str, results_md: str) -> None:
     records = [json.loads(line) for line in Path(records_path).read_text().splitlines() if line]
     info = run_info()
@@ -371,6 +418,7 @@ def report(records_path: str, results_md: str) -> None:
                 f"`{r['command']}`",
             )
         )
+    rows += hostile_rows(records)
     rows = [r for r in rows if r]
     lines = []
     for title, result, target, command in rows:

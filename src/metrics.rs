@@ -1,7 +1,9 @@
 //! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
 //!
 //! Names: `http_requests_total` / `http_request_duration_seconds` (route, method, status);
-//! `http_requests_shed_total`;
+//! `http_requests_shed_total`; `http_connections_open`, `http_connections_closed_total`
+//! (reason), `http_connections_refused_total`, `http_accept_errors_total`,
+//! `http_malformed_requests_total` (status);
 //! `cache_hits_total`, `cache_misses_total`, `cache_coalesced_total`, `cache_stale_served_total`,
 //! `cache_refresh_failures_total`, `cache_evictions_total` (cause), `cache_entries`,
 //! `cache_bytes`; `storyboard_read_failures_total` (reason);

@@ -9,7 +9,9 @@ use tokio::net::TcpStream;
 use crate::service::{
     KNOWN, Options, Service, known_asset, probe_until, raise_own_file_limit, serial,
 };
-use crate::{HEADER_FLOOD_BUDGET_MIB, PROBE_BOUND};
+use crate::{
+    CONNECTION_FLOOD_BUDGET_MIB, HEADER_FLOOD_BUDGET_MIB, ODD_REQUEST_BUDGET_MIB, PROBE_BOUND,
+};
 
 /// Opens `n` connections, tolerating refusals (counted).
 async fn open(addr: &str, n: usize) -> (Vec<TcpStream>, usize) {
@@ -44,6 +46,8 @@ async fn slowloris_connections_are_cut_off_at_the_header_timeout() {
     let service = Service::start(&[("AMS_THUMBNAILS_SERVER__HEADER_READ_TIMEOUT", "2s")]);
     let base = service.url("");
     known_asset(&base, PROBE_BOUND).await;
+    let idle_rss = service.rss_mib();
+    service.reset_peak();
     // 300 connections, each sending one more header byte every 500 ms: never a whole head.
     let (mut conns, refused) = open(&service.addr, 300).await;
     assert_eq!(refused, 0);
@@ -67,6 +71,11 @@ async fn slowloris_connections_are_cut_off_at_the_header_timeout() {
     );
     let (mut conns, slowest) = tokio::join!(dribble, probe);
     assert!(slowest < PROBE_BOUND, "{slowest:?}");
+    let grew = service.peak_rss_mib() - idle_rss;
+    assert!(
+        grew < CONNECTION_FLOOD_BUDGET_MIB,
+        "slowloris grew the service by {grew:.1} MiB"
+    );
     // By 2 s after the first byte (plus slack), every one is closed.
     let mut open_after = 0;
     for c in conns.iter_mut() {
@@ -130,7 +139,7 @@ async fn idle_connections_past_the_file_limit_keep_nobody_out() {
             >= 1.0
     );
     assert!(
-        service.rss_mib() - idle_rss < 50.0,
+        service.rss_mib() - idle_rss < CONNECTION_FLOOD_BUDGET_MIB,
         "idle connections cost {} MiB",
         service.rss_mib() - idle_rss
     );
@@ -254,6 +263,10 @@ async fn method_and_path_floods_add_no_series() {
         new.is_empty(),
         "new series after 10,000 odd requests: {new:#?}"
     );
-    assert!(service.rss_mib() - idle_rss < 20.0);
+    let grew = service.rss_mib() - idle_rss;
+    assert!(
+        grew < ODD_REQUEST_BUDGET_MIB,
+        "odd requests grew the service by {grew:.1} MiB"
+    );
     known_asset(&base, PROBE_BOUND).await;
 }

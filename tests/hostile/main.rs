@@ -18,3 +18,9 @@ pub const PROBE_BOUND: Duration = Duration::from_secs(1);
 /// Peak resident memory a flood of 1,000 endless request heads may add (each is cut off at the
 /// 48 KiB head buffer): the goal, 100 MB, in MiB.
 pub const HEADER_FLOOD_BUDGET_MIB: f64 = 95.0;
+
+/// Resident memory 300 slowloris or 1,100 idle connections may add while they are open.
+pub const CONNECTION_FLOOD_BUDGET_MIB: f64 = 50.0;
+
+/// Resident memory 10,000 requests with made-up methods and unknown paths may add.
+pub const ODD_REQUEST_BUDGET_MIB: f64 = 20.0;

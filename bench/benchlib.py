@@ -316,11 +316,14 @@ def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
         if not att or not quiet:
             continue
         p99 = [a["p99_ms"] / q["p99_ms"] for a, q in zip(att, quiet)]
-        rps = [a["rps"] / q["rps"] for a, q in zip(att, quiet)]
+        # Throughput counts the known asset's 200s only.
+        good = lambda r: r["rps"] * r["ok"] / max(r["ok"] + r["non200"], 1)  # noqa: E731
+        rps = [good(a) / good(q) for a, q in zip(att, quiet)]
         peaks = [r for r in records if r["kind"] == "peak" and r["name"] == mode]
         peak = max(((p["peak_kib"] - p["idle_kib"]) / 1024 for p in peaks), default=0.0)
         memory_goal = mode in ("headers", "negative")
-        ok = statistics.median(p99) <= 5 and statistics.median(rps) >= 0.8
+        failed = sum(a["non200"] + sum(a["errors"].values()) for a in att)
+        ok = statistics.median(p99) <= 5 and statistics.median(rps) >= 0.8 and not failed
         ok = ok and (not memory_goal or peak < PEAK_GOAL_MIB)
         sent = (peaks[-1].get("attack") or {}) if peaks else {}
         sent = ", ".join(f"{k} {v:,}" for k, v in sent.items() if k != "mode")
@@ -328,9 +331,10 @@ def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
             f"p99 **{statistics.median(p99):.2f}x** "
             f"({statistics.median(q['p99_ms'] for q in quiet):.2f} → "
             f"{statistics.median(a['p99_ms'] for a in att):.2f} ms), throughput "
-            f"**{statistics.median(rps):.2f}x** ({fmt_int(statistics.median(q['rps'] for q in quiet))} → "
-            f"{fmt_int(statistics.median(a['rps'] for a in att))} req/s), peak RSS "
-            f"**+{peak:.1f} MiB** {'PASS' if ok else 'FAIL'} (per round p99 "
+            f"**{statistics.median(rps):.2f}x** ({fmt_int(statistics.median(good(q) for q in quiet))} → "
+            f"{fmt_int(statistics.median(good(a) for a in att))} req/s), peak RSS "
+            f"**+{peak:.1f} MiB**, {failed:,} known-asset requests failed "
+            f"{'PASS' if ok else 'FAIL'} (per round p99 "
             f"{' / '.join(f'{x:.2f}' for x in p99)}, throughput {' / '.join(f'{x:.2f}' for x in rps)}; "
             f"last attack: {sent or '?'})"
         )
@@ -441,7 +445,8 @@ def show() -> None:
             f"p99 {r['p99_ms']:.2f} ms  {(r['cpu_us_per_req'] or 0):.1f} us CPU/req",
             file=sys.stderr,
         )
-        if r["non200"] or r["errors"] or not r["ok"]:
+        # During an attack, failures are what is measured: reported in the row, not fatal.
+        if (r["non200"] or r["errors"] or not r["ok"]) and not r["name"].startswith("attack-"):
             raise SystemExit(
                 f"bench: FAILED: {r['name']}: {r['non200']} non-200 answers, errors {r['errors']}"
             )

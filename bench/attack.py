@@ -106,7 +106,7 @@ async def keepalive_requests(port: int, make_request) -> None:
 
 async def slow_body(port: int, key: str) -> None:
     reader, writer = await connect(port)
-    body = json.dumps({"ids": [f"bench-{i:06d}" for i in range(100)]}).encode()
+    body = json.dumps({"assetIds": [f"bench-{i:06d}" for i in range(100)]}).encode()
     writer.write(
         b"POST /assets:batchGet HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         + (f"x-api-key: {key}\r\n" if key else "").encode()
@@ -146,7 +146,7 @@ async def main() -> int:
 
     def batch() -> bytes:
         ids = random.sample(range(a.ids), 100)
-        body = json.dumps({"ids": [f"bench-{i:06d}" for i in ids]}).encode()
+        body = json.dumps({"assetIds": [f"bench-{i:06d}" for i in ids]}).encode()
         return (
             f"POST /assets:batchGet HTTP/1.1\r\nHost: x\r\n{key_header}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

@@ -7,6 +7,7 @@
 //! `cargo test --test hostile`; the same attacks, timed against a quiet baseline, are the
 //! "hostile" phase of `bench/run`.
 
+mod cache;
 mod connections;
 mod service;
 
@@ -24,3 +25,9 @@ pub const CONNECTION_FLOOD_BUDGET_MIB: f64 = 50.0;
 
 /// Resident memory 10,000 requests with made-up methods and unknown paths may add.
 pub const ODD_REQUEST_BUDGET_MIB: f64 = 20.0;
+
+/// Peak resident memory 50,000 negative entries may add.
+pub const NEGATIVE_FLOOD_BUDGET_MIB: f64 = 60.0;
+
+/// What may stay resident once the 50,000 negative entries have expired.
+pub const NEGATIVE_FLOOD_RETURNED_MIB: f64 = 10.0;

@@ -9,11 +9,13 @@ Modes (the issue #13 attacks, bounded):
   slowloris    300 connections, each sending one header byte per second, never a whole head
   idle         1,100 connections that send nothing (past a 1,024 open-file limit)
   headers      1,000 connections, each sending ~384 KB of header lines without ending the head
-  methods      requests with made-up methods, 8 keep-alive connections
-  slow-bodies  1,000 POST /assets:batchGet sending their body at ~200 bytes/s
-  wrong-keys   requests with wrong API keys, 8 keep-alive connections
-  batch        POST /assets:batchGet of 100 distinct ids with a valid key (--key), 4 connections
-  negative     GET of unknown ids (each a new negative entry) with a valid key, 8 connections
+  methods      requests with made-up methods, 8 keep-alive connections, --rate a second
+  slow-bodies  1,060 POST /assets:batchGet sending their body at ~200 bytes/s
+  wrong-keys   requests with wrong API keys, 8 keep-alive connections, --rate a second
+  batch        POST /assets:batchGet of 100 distinct ids with a valid key (--key), 4 connections,
+               --rate / 10 a second (--rate lookups)
+  negative     GET of unknown ids (each a new negative entry) with a valid key, 8 connections,
+               --rate a second
 
 Each connection is opened again when the service closes it, so the pressure stays constant.
 """
@@ -96,12 +98,16 @@ async def headers(port: int) -> None:
     raise OSError("answered")
 
 
-async def keepalive_requests(port: int, make_request) -> None:
+async def keepalive_requests(port: int, make_request, interval: float) -> None:
     reader, writer = await connect(port)
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
     while True:
         writer.write(make_request())
         await writer.drain()
         await answer(reader)
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 
 async def slow_body(port: int, key: str) -> None:
@@ -129,6 +135,10 @@ async def main() -> int:
     p.add_argument("--key", default="")
     p.add_argument("--ids", type=int, default=10000)
     p.add_argument("--seconds", type=float, default=3600)
+    # Requests per second of the request floods, all connections together: bounded, so that
+    # the attacker (Python, on the load generator's core) does not starve the measuring client
+    # of CPU, which would be measured as the service's loss.
+    p.add_argument("--rate", type=float, default=2000)
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -158,15 +168,18 @@ async def main() -> int:
             f"{key_header}\r\n"
         ).encode()
 
+    def flood(make_request, conns: int, rate: float = a.rate):
+        return [forever(keepalive_requests, a.port, make_request, conns / rate) for _ in range(conns)]
+
     tasks = {
         "slowloris": lambda: [forever(slowloris, a.port) for _ in range(300)],
         "idle": lambda: [forever(idle, a.port) for _ in range(1100)],
         "headers": lambda: [forever(headers, a.port) for _ in range(1000)],
-        "methods": lambda: [forever(keepalive_requests, a.port, odd_method) for _ in range(8)],
-        "slow-bodies": lambda: [forever(slow_body, a.port, a.key) for _ in range(1000)],
-        "wrong-keys": lambda: [forever(keepalive_requests, a.port, wrong_key) for _ in range(8)],
-        "batch": lambda: [forever(keepalive_requests, a.port, batch) for _ in range(4)],
-        "negative": lambda: [forever(keepalive_requests, a.port, negative) for _ in range(8)],
+        "methods": lambda: flood(odd_method, 8),
+        "slow-bodies": lambda: [forever(slow_body, a.port, a.key) for _ in range(1060)],
+        "wrong-keys": lambda: flood(wrong_key, 8),
+        "batch": lambda: flood(batch, 4, a.rate / 10),
+        "negative": lambda: flood(negative, 8),
     }
     if a.mode not in tasks:
         print(f"attack.py: unknown mode {a.mode}", file=sys.stderr)

@@ -136,6 +136,10 @@ def body(url: str, path: str) -> None:
     print(len(data))
 
 
+def ms(seconds):
+    return None if seconds is None else seconds * 1000
+
+
 def oha_record(path: str, name: str, cpu_seconds: str, command: str) -> None:
     d = json.loads(Path(path).read_text())
     s = d["summary"]
@@ -152,8 +156,9 @@ def oha_record(path: str, name: str, cpu_seconds: str, command: str) -> None:
         "ok": ok,
         "non200": sum(v for k, v in codes.items() if k != "200"),
         "errors": errors,
-        "p50_ms": d["latencyPercentiles"]["p50"] * 1000,
-        "p99_ms": d["latencyPercentiles"]["p99"] * 1000,
+        # No answer at all (a service that refuses every connection): no percentiles.
+        "p50_ms": ms(d["latencyPercentiles"]["p50"]),
+        "p99_ms": ms(d["latencyPercentiles"]["p99"]),
         "cpu_us_per_req": float(cpu_seconds) * 1e6 / ok if ok else None,
         "command": command,
         "loadavg": os.getloadavg()[0],
@@ -298,11 +303,11 @@ ATTACKS = {
     "slowloris": "300 connections sending a header byte per second",
     "idle": "1,100 idle connections under a 1,024 open-file limit",
     "headers": "1,000 connections sending 384 KB of header lines each",
-    "methods": "made-up methods, 8 connections",
-    "slow-bodies": "1,000 batch bodies at ~200 B/s",
-    "wrong-keys": "wrong API keys, 8 connections",
-    "batch": "batches of 100 distinct ids, 4 connections",
-    "negative": "unknown ids (new negative entries), 8 connections",
+    "methods": "made-up methods, 2,000/s",
+    "slow-bodies": "1,060 batch bodies at ~200 B/s",
+    "wrong-keys": "wrong API keys, 2,000/s",
+    "batch": "200 batches/s of 100 distinct ids",
+    "negative": "unknown ids (new negative entries), 2,000/s",
 }
 # The goal for peak RSS during the header and negative-entry floods: 100 MB.
 PEAK_GOAL_MIB = 100e6 / 2**20
@@ -315,7 +320,8 @@ def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
         quiet = [r for r in records if r["kind"] == "load" and r["name"] == f"quiet-{mode}"]
         if not att or not quiet:
             continue
-        p99 = [a["p99_ms"] / q["p99_ms"] for a, q in zip(att, quiet)]
+        inf = float("inf")
+        p99 = [(a["p99_ms"] or inf) / (q["p99_ms"] or inf) for a, q in zip(att, quiet)]
         # Throughput counts the known asset's 200s only.
         good = lambda r: r["rps"] * r["ok"] / max(r["ok"] + r["non200"], 1)  # noqa: E731
         rps = [good(a) / good(q) for a, q in zip(att, quiet)]
@@ -329,8 +335,8 @@ def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
         sent = ", ".join(f"{k} {v:,}" for k, v in sent.items() if k != "mode")
         result = (
             f"p99 **{statistics.median(p99):.2f}x** "
-            f"({statistics.median(q['p99_ms'] for q in quiet):.2f} → "
-            f"{statistics.median(a['p99_ms'] for a in att):.2f} ms), throughput "
+            f"({statistics.median(q['p99_ms'] or inf for q in quiet):.2f} → "
+            f"{statistics.median(a['p99_ms'] or inf for a in att):.2f} ms), throughput "
             f"**{statistics.median(rps):.2f}x** ({fmt_int(statistics.median(good(q) for q in quiet))} → "
             f"{fmt_int(statistics.median(good(a) for a in att))} req/s), peak RSS "
             f"**+{peak:.1f} MiB**, {failed:,} known-asset requests failed "
@@ -441,8 +447,9 @@ def show() -> None:
     r = json.loads(sys.stdin.read())
     if r["kind"] == "load":
         print(
-            f"bench:   {r['name']:<7} {r['rps']:>9,.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
-            f"p99 {r['p99_ms']:.2f} ms  {(r['cpu_us_per_req'] or 0):.1f} us CPU/req",
+            f"bench:   {r['name']:<7} {r['rps']:>9,.0f} req/s  p50 {r['p50_ms'] or 0:.2f} ms  "
+            f"p99 {r['p99_ms'] or 0:.2f} ms  {(r['cpu_us_per_req'] or 0):.1f} us CPU/req  "
+            f"{r['ok']:,} ok, {r['non200']:,} other, errors {r['errors'] or 'none'}",
             file=sys.stderr,
         )
         # During an attack, failures are what is measured: reported in the row, not fatal.

@@ -241,10 +241,18 @@ pub enum JwtAlgorithm {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSettings {
-    /// Sustained requests per second per client identity; 0 turns limiting off.
+    /// Sustained requests per second per client identity; 0 turns limiting off. A batch counts
+    /// as many requests as it has distinct ids.
     pub requests_per_second: f64,
     /// Requests a client may make in a burst above the sustained rate.
     pub burst: u32,
+    /// Failed authentications (`401`) per minute per client address, sustained; past them and
+    /// [`Self::auth_failure_burst`], the address gets `429` on every route that checks
+    /// credentials, before any credential is checked. 0 turns it off. On independently of
+    /// `requests_per_second`.
+    pub auth_failures_per_minute: f64,
+    /// Failed authentications an address may make in a burst.
+    pub auth_failure_burst: u32,
 }
 
 impl Default for RateLimitSettings {
@@ -252,6 +260,8 @@ impl Default for RateLimitSettings {
         Self {
             requests_per_second: 0.0,
             burst: 100,
+            auth_failures_per_minute: 30.0,
+            auth_failure_burst: 20,
         }
     }
 }
@@ -262,6 +272,18 @@ impl RateLimitSettings {
             return Err(Invalid::new(
                 "rate_limit.requests_per_second",
                 "must be 0 (off) or a positive number",
+            ));
+        }
+        if !(self.auth_failures_per_minute >= 0.0 && self.auth_failures_per_minute.is_finite()) {
+            return Err(Invalid::new(
+                "rate_limit.auth_failures_per_minute",
+                "must be 0 (off) or a positive number",
+            ));
+        }
+        if self.auth_failures_per_minute > 0.0 && self.auth_failure_burst == 0 {
+            return Err(Invalid::new(
+                "rate_limit.auth_failure_burst",
+                "must be at least 1",
             ));
         }
         Ok(())

@@ -194,6 +194,19 @@ impl Settings {
         self.cache.validate()?;
         self.recognition.validate()?;
         self.source.validate()?;
+        // A batch is charged one allowance per distinct id: a burst smaller than the batch
+        // limit would refuse every full batch.
+        if self.rate_limit.requests_per_second > 0.0
+            && (self.rate_limit.burst as usize) < self.api.batch_limit
+        {
+            return Err(Invalid::new(
+                "rate_limit.burst",
+                format!(
+                    "must be at least api.batch_limit ({}): a batch costs one request per distinct id",
+                    self.api.batch_limit
+                ),
+            ));
+        }
         match &self.source {
             SourceSettings::Local(_) => {}
             SourceSettings::Ams(_) if self.credential.is_none() => {

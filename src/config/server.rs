@@ -42,6 +42,13 @@ pub struct ServerSettings {
     /// limit with descriptors to spare. At the cap, the connection with no request in progress
     /// nearest its timeout is closed to make room; a new one is refused only when all are busy.
     pub max_connections: usize,
+    /// Longest a request body may take to arrive. Bodies are read before the request takes
+    /// one of `max_concurrent_requests`, so a slow body holds a connection, never a slot.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Slowest a body may arrive, in bytes per second on average after its first second; a
+    /// body slower than this is cut off with `408` before `body_read_timeout`. 0: no minimum.
+    pub body_min_rate: u64,
     /// Threads for blocking work (local folder walks and file reads, DNS lookups). Tokio's own
     /// bound is 512: a flood of cold local assets grew the pool to that, each thread with its
     /// stack, and glibc spread the transient allocations over every arena it has.
@@ -61,6 +68,8 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             max_connections: 4096,
+            body_read_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
             blocking_threads: 16,
         }
     }
@@ -97,6 +106,7 @@ impl ServerSettings {
         for (key, value) in [
             ("server.header_read_timeout", self.header_read_timeout),
             ("server.idle_timeout", self.idle_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
         ] {
             if value.is_zero() {
                 return Err(Invalid::new(key, "must be greater than 0"));

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::problem::{Kind, Problem};
-use super::rate_limit::RateLimiter;
+use super::rate_limit::{AuthFailures, RateLimiter};
 use super::routes::Access;
 use crate::config::{AuthMode, AuthSettings, RateLimitSettings, Role};
 
@@ -69,6 +69,7 @@ pub struct Guard {
     api: AuthMode,
     ops: AuthMode,
     limiter: Option<RateLimiter>,
+    failures: Option<AuthFailures>,
 }
 
 impl Guard {
@@ -92,6 +93,7 @@ impl Guard {
             api: auth.api,
             ops: auth.ops,
             limiter: RateLimiter::new(rate),
+            failures: AuthFailures::new(rate),
         }
     }
 
@@ -187,6 +189,42 @@ impl Guard {
     /// The guard's decision for a route of `access` when it needs no await: anything but a
     /// bearer token to validate.
     pub(crate) fn check(&self, request: &mut Request, access: Access) -> Check {
+        let addr = client_addr(request);
+        if let Some(refused) = self.blocked(addr, access) {
+            return refused;
+        }
+        let check = self.decide(request, access);
+        self.count_failure(addr, &check);
+        check
+    }
+
+    /// An address past its failed authentications is refused on every route that checks
+    /// credentials, before its credential is looked at (public routes stay open to it).
+    fn blocked(&self, addr: Option<std::net::IpAddr>, access: Access) -> Option<Check> {
+        if access == Access::Public {
+            return None;
+        }
+        let wait = self.failures.as_ref()?.blocked(addr?)?;
+        metrics::counter!("http_requests_rate_limited_total").increment(1);
+        let mut problem = Problem::new(
+            Kind::RateLimited,
+            "too many failed authentications from this address",
+        );
+        problem.retry_after = Some(wait);
+        Some(Check::Refuse(problem.into_response()))
+    }
+
+    fn count_failure(&self, addr: Option<std::net::IpAddr>, check: &Check) {
+        if let (Check::Refuse(response), Some(failures), Some(addr)) = (check, &self.failures, addr)
+            && response.status() == axum::http::StatusCode::UNAUTHORIZED
+        {
+            metrics::counter!("http_auth_failures_total").increment(1);
+            failures.record(addr);
+        }
+    }
+
+    /// [`Self::check`] without the failure accounting.
+    fn decide(&self, request: &mut Request, access: Access) -> Check {
         let identity = match self.credential(request) {
             Credential::Key(presented) => match self.identify(presented) {
                 Some(key) => Identity::Key {
@@ -209,6 +247,17 @@ impl Guard {
         let Credential::Token(token) = self.credential(request) else {
             return self.check(request, access);
         };
+        let addr = client_addr(request);
+        if let Some(refused) = self.blocked(addr, access) {
+            return refused;
+        }
+        let check = self.validate_token(request, token.to_owned(), access).await;
+        self.count_failure(addr, &check);
+        check
+    }
+
+    async fn validate_token(&self, request: &mut Request, token: String, access: Access) -> Check {
+        let token = token.as_str();
         let validator = self
             .jwt
             .as_ref()
@@ -308,6 +357,37 @@ impl Guard {
         }
         request.extensions_mut().insert(identity);
         Check::Pass
+    }
+}
+
+impl Guard {
+    /// Charges a batch's further ids to its caller's rate limit (the gate charged the request
+    /// itself as one): a batch of `ids` distinct ids costs `ids` requests.
+    pub fn charge_batch(&self, identity: Option<&Identity>, ids: usize) -> Result<(), Problem> {
+        let (Some(limiter), Some(identity)) = (&self.limiter, identity) else {
+            return Ok(());
+        };
+        let extra = u32::try_from(ids.saturating_sub(1)).unwrap_or(u32::MAX);
+        match limiter.check_n(&identity.bucket(), extra) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(retry_after)) => {
+                metrics::counter!("http_requests_rate_limited_total").increment(1);
+                let mut problem = Problem::new(
+                    Kind::RateLimited,
+                    format!(
+                        "a batch of {ids} ids counts as {ids} requests: too many from this client"
+                    ),
+                );
+                problem.retry_after = Some(retry_after);
+                Err(problem)
+            }
+            None => Err(Problem::new(
+                Kind::RateLimited,
+                format!(
+                    "a batch of {ids} ids counts as {ids} requests, more than the rate limit's burst"
+                ),
+            )),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::AppState;
+use super::auth::Identity;
 use super::body::{Json, JsonBody};
 use super::problem::{Kind, Problem};
 use crate::asset_id::AssetId;
@@ -30,6 +32,7 @@ impl JsonBody for BatchRequest {
 
 pub async fn batch_get(
     State(state): State<AppState>,
+    identity: Option<Extension<Identity>>,
     Json(request): Json<BatchRequest>,
 ) -> Result<Response, Problem> {
     // Duplicates are resolved (and answered) once, in order of first appearance.
@@ -49,6 +52,7 @@ pub async fn batch_get(
             ),
         ));
     }
+    state.guard.charge_batch(identity.as_deref(), ids.len())?;
     let lookups = ids.iter().cloned().map(|raw| {
         let state = state.clone();
         async move {

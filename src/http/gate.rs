@@ -30,13 +30,14 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
+use http_body::Body as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 use super::auth::{Check, Guard};
 use super::problem::{Kind, Problem};
 use super::routes::{Policies, Policy, Shedding};
-use super::{MAX_HEADER_BYTES, MAX_URI_BYTES, REQUEST_ID};
+use super::{MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URI_BYTES, REQUEST_ID};
 use crate::config::ServerSettings;
 
 // --- Request ids ---------------------------------------------------------------------------
@@ -151,6 +152,7 @@ pub struct Gate {
 
 struct Shared {
     timeout: Duration,
+    body: BodyLimits,
     admission: Admission,
     guard: Arc<Guard>,
     policies: Arc<Policies>,
@@ -161,6 +163,10 @@ impl Gate {
         Self {
             shared: Arc::new(Shared {
                 timeout: server.request_timeout,
+                body: BodyLimits {
+                    timeout: server.body_read_timeout,
+                    min_rate: server.body_min_rate,
+                },
                 admission: Admission::new(server),
                 guard,
                 policies,
@@ -269,6 +275,13 @@ impl<S> GateService<S> {
         if policy.shedding == Shedding::Exempt {
             return Entered::Admitted(None);
         }
+        // A body is read before the request takes a permit: a slow one must not hold a slot.
+        if !request.body().is_end_stream() {
+            return Entered::Slow {
+                token: false,
+                policy,
+            };
+        }
         match self.shared.admission.permits.clone().try_acquire_owned() {
             Ok(permit) => Entered::Admitted(Some(permit)),
             Err(_) => Entered::Slow {
@@ -279,8 +292,8 @@ impl<S> GateService<S> {
     }
 }
 
-/// The asynchronous path: validate a bearer token, wait in the admission queue, then run the
-/// handler under the request timeout.
+/// The asynchronous path: validate a bearer token, read the body, wait in the admission queue,
+/// then run the handler under the request timeout.
 async fn slow_path<S>(
     shared: Arc<Shared>,
     inner: S,
@@ -300,6 +313,12 @@ where
     let _permit = if policy.shedding == Shedding::Exempt {
         None
     } else {
+        if !request.body().is_end_stream() {
+            request = match read_body(request, shared.body).await {
+                Ok(request) => request,
+                Err(problem) => return problem,
+            };
+        }
         match shared.admission.admit().await {
             Some(permit) => Some(permit),
             None => return overloaded(),
@@ -395,6 +414,74 @@ fn timed_out(timeout: Duration) -> Response {
         format!("the request took longer than {}s", timeout.as_secs_f64()),
     )
     .into_response()
+}
+
+// --- Bodies --------------------------------------------------------------------------------
+
+/// `server.body_read_timeout` and `server.body_min_rate`.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    timeout: Duration,
+    min_rate: u64,
+}
+
+/// Reads the whole body (at most [`MAX_BODY_BYTES`] + 1 bytes: past that, the route's own limit
+/// answers `413`) within the body deadline, and at the minimum rate after the first second.
+async fn read_body(request: Request, limits: BodyLimits) -> Result<Request, Response> {
+    use futures::StreamExt;
+    let (parts, body) = request.into_parts();
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.timeout;
+    let mut stream = body.into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    loop {
+        let by = match limits.min_rate {
+            0 => deadline,
+            rate => deadline.min(
+                started
+                    + Duration::from_secs(1)
+                    + Duration::from_secs_f64(bytes.len() as f64 / rate as f64),
+            ),
+        };
+        match tokio::time::timeout_at(by, stream.next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > MAX_BODY_BYTES {
+                    break;
+                }
+            }
+            Ok(Some(Err(_))) => {
+                return Err(
+                    Problem::new(Kind::InvalidBody, "the request body could not be read")
+                        .into_response(),
+                );
+            }
+            Err(_) => {
+                let detail = if by < deadline {
+                    format!(
+                        "the request body arrived slower than {} bytes/s",
+                        limits.min_rate
+                    )
+                } else {
+                    format!(
+                        "the request body took longer than {}s",
+                        limits.timeout.as_secs_f64()
+                    )
+                };
+                let mut response = Problem::new(Kind::BodyTimeout, detail).into_response();
+                // The rest of the body is not read: the connection cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(response);
+            }
+        }
+    }
+    Ok(Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes.freeze()),
+    ))
 }
 
 // --- Limits --------------------------------------------------------------------------------

@@ -80,9 +80,6 @@ impl Route {
     }
 }
 
-/// Largest `POST /assets:batchGet` body (100 ids of 260 characters fit many times over).
-const BATCH_BODY_LIMIT: usize = 256 * 1024;
-
 /// Every route of this configuration.
 pub fn table(state: &AppState) -> Vec<Route> {
     use Access::{Admin, Api, Ops, Public};
@@ -149,7 +146,7 @@ pub fn table(state: &AppState) -> Vec<Route> {
             "/assets:batchGet",
             Api,
             Shed,
-            post(batch::batch_get).layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT)),
+            post(batch::batch_get).layer(DefaultBodyLimit::max(super::MAX_BODY_BYTES)),
         ),
         Route::new(
             Method::GET,

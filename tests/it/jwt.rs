@@ -574,6 +574,7 @@ async fn tokens_are_rate_limited_per_subject() {
         RateLimitSettings {
             requests_per_second: 0.01,
             burst: 2,
+            ..RateLimitSettings::default()
         },
     );
     let first = key.sign(&claims(&["Thumbnails.Read"]));

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod abuse;
 mod api;
 mod architecture;
 mod azure_ams;

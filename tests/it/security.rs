@@ -188,8 +188,10 @@ async fn signed_urls_without_authentication_refuse_to_start_unless_waived() {
 
 #[tokio::test]
 async fn rate_limits_apply_per_identity() {
-    let server =
-        TestServer::start(keyed("[rate_limit]\nrequests_per_second = 1\nburst = 3\n")).await;
+    let server = TestServer::start(keyed(
+        "[api]\nbatch_limit = 3\n[rate_limit]\nrequests_per_second = 1\nburst = 3\n",
+    ))
+    .await;
     let path = "/assets/builtin-preset/thumbnails";
     for _ in 0..3 {
         assert_eq!(

@@ -185,6 +185,13 @@ pub async fn poster(
     // times, the default thumbnail.
     let index = time
         .and_then(|t| {
+            // Clamped first: far past the end every distance rounds to the same float, and the
+            // tie would pick the first thumbnail.
+            let last = resolved
+                .thumbnails()
+                .filter_map(|th| th.time)
+                .max_by(f64::total_cmp)?;
+            let t = t.min(last);
             resolved
                 .thumbnails()
                 .filter_map(|th| th.time.map(|tt| (th.index, (tt - t).abs())))

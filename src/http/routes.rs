@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderValue, Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, get_service, post};
 use tower::service_fn;
 use tower_http::services::ServeDir;
+use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use super::problem::{Kind, Problem};
 use super::{AppState, assets, batch, demo, health, jobs};
@@ -186,6 +187,7 @@ pub fn table(state: &AppState) -> Vec<Route> {
         // hidden or dot segments. The file server sees the path below `/local`.
         let files = tower::ServiceBuilder::new()
             .map_request(strip_local_prefix)
+            .map_response(file_problems)
             .service(files);
         routes.push(Route::new(
             Method::GET,
@@ -276,6 +278,32 @@ fn strip_local_prefix(mut request: Request) -> Request {
 
 /// Refuses local file paths with a segment starting with `.` (`.`, `..`, hidden files) or a
 /// backslash, once percent-decoded: the file server's own checks are the second line.
+/// The file server's own error answers (a range it cannot serve, a failed precondition, a read
+/// error) as problems: it answers them with the file's content type and a plain-text or empty
+/// body.
+fn file_problems(response: Response<ServeFileSystemResponseBody>) -> Response {
+    let problem = match response.status() {
+        StatusCode::RANGE_NOT_SATISFIABLE => Problem::new(
+            Kind::RangeNotSatisfiable,
+            "the range cannot be served: one range of bytes within the file, please",
+        ),
+        StatusCode::PRECONDITION_FAILED => Problem::new(
+            Kind::PreconditionFailed,
+            "the file was modified since If-Unmodified-Since",
+        ),
+        status if status.is_server_error() => {
+            Problem::new(Kind::Internal, "the file could not be read")
+        }
+        _ => return response.map(axum::body::Body::new),
+    };
+    let content_range = response.headers().get(header::CONTENT_RANGE).cloned();
+    let mut answer = problem.into_response();
+    if let Some(range) = content_range {
+        answer.headers_mut().insert(header::CONTENT_RANGE, range);
+    }
+    answer
+}
+
 async fn guard_local_path(request: Request, next: Next) -> Response {
     let decoded = percent_encoding::percent_decode_str(request.uri().path()).decode_utf8_lossy();
     if decoded.contains('\\') || decoded.split('/').any(|s| s.starts_with('.')) {

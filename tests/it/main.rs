@@ -10,6 +10,7 @@
 mod support;
 
 mod abuse;
+mod answers;
 mod api;
 mod architecture;
 mod azure_ams;

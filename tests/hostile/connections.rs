@@ -108,6 +108,7 @@ async fn idle_connections_past_the_file_limit_keep_nobody_out() {
             ("AMS_THUMBNAILS_SERVER__HEADER_READ_TIMEOUT", "2s"),
         ],
         nofile: Some((1024, 1024)),
+        config: "",
     });
     let base = service.url("");
     known_asset(&base, PROBE_BOUND).await;
@@ -160,6 +161,7 @@ async fn the_soft_file_limit_is_raised_to_the_hard_limit() {
     let service = Service::start_with(Options {
         env: &[],
         nofile: Some((512, 4096)),
+        config: "",
     });
     assert_eq!(service.open_file_limit(), 4096);
 }

@@ -9,6 +9,7 @@
 
 mod cache;
 mod connections;
+mod requests;
 mod service;
 
 use std::time::Duration;

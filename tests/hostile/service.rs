@@ -31,11 +31,40 @@ pub struct Options<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Soft and hard open-file limits the process starts with.
     pub nofile: Option<(u64, u64)>,
+    /// TOML added to the embedded default configuration (`config/default.toml`).
+    pub config: &'a str,
+}
+
+/// The key of [`keyed`] services.
+pub const KEY: &str = "hostile-suite-key-0123456789";
+/// A second key, for the attacker where it has one.
+pub const ATTACKER_KEY: &str = "hostile-suite-attacker-key-9876543210";
+
+/// `[auth]` with [`KEY`] and [`ATTACKER_KEY`] for the asset routes.
+pub fn keyed(extra: &str) -> String {
+    use sha2::Digest;
+    let sha = |k: &str| -> String {
+        sha2::Sha256::digest(k.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    format!(
+        "[auth]\napi = \"api-key\"\napi_keys = [\n\
+         {{ name = \"frontend\", sha256 = \"{}\", roles = [\"api\"] }},\n\
+         {{ name = \"attacker\", sha256 = \"{}\", roles = [\"api\"] }},\n]\n{extra}",
+        sha(KEY),
+        sha(ATTACKER_KEY)
+    )
 }
 
 impl Service {
     pub fn start(env: &[(&str, &str)]) -> Self {
-        Self::start_with(Options { env, nofile: None })
+        Self::start_with(Options {
+            env,
+            nofile: None,
+            config: "",
+        })
     }
 
     pub fn start_with(options: Options<'_>) -> Self {
@@ -45,6 +74,17 @@ impl Service {
             if key.starts_with("AMS_THUMBNAILS_") {
                 cmd.env_remove(key);
             }
+        }
+        if !options.config.is_empty() {
+            let base = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml"),
+            )
+            .unwrap();
+            let dir = std::env::temp_dir().join(format!("hostile-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4()));
+            std::fs::write(&path, format!("{base}\n{}", options.config)).unwrap();
+            cmd.arg("--config").arg(path);
         }
         cmd.arg("serve")
             .env("AMS_THUMBNAILS_SERVER__LISTEN", "127.0.0.1:0")
@@ -157,14 +197,22 @@ impl Drop for Service {
 /// One GET of the known asset on a fresh connection (so that admission of new connections is
 /// part of what is measured); panics unless it answers 200 within `bound`.
 pub async fn known_asset(base: &str, bound: Duration) -> Duration {
+    known_asset_as(base, bound, None).await
+}
+
+/// [`known_asset`] with an API key.
+pub async fn known_asset_as(base: &str, bound: Duration, key: Option<&str>) -> Duration {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(bound)
         .build()
         .unwrap();
     let started = Instant::now();
-    let response = client
-        .get(format!("{base}{KNOWN}"))
+    let mut request = client.get(format!("{base}{KNOWN}"));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request
         .send()
         .await
         .unwrap_or_else(|e| panic!("the known asset did not answer within {bound:?}: {e}"));
@@ -180,10 +228,21 @@ pub async fn probe_until(
     every: Duration,
     bound: Duration,
 ) -> Duration {
+    probe_as(base, until, every, bound, None).await
+}
+
+/// [`probe_until`] with an API key.
+pub async fn probe_as(
+    base: String,
+    until: Instant,
+    every: Duration,
+    bound: Duration,
+    key: Option<&str>,
+) -> Duration {
     let mut slowest = Duration::ZERO;
     let mut probes = 0;
     while Instant::now() < until || probes == 0 {
-        slowest = slowest.max(known_asset(&base, bound).await);
+        slowest = slowest.max(known_asset_as(&base, bound, key).await);
         probes += 1;
         tokio::time::sleep(every).await;
     }

@@ -1,12 +1,17 @@
-//! JSON request bodies, with problem+json rejections: `415` when the body is not JSON, `413`
-//! past the route's body limit (`DefaultBodyLimit`), `400 invalid-body` naming what is wrong
-//! without echoing the caller's bytes.
+//! Request bodies: read by the gate before a request takes a slot, under their own deadline
+//! and minimum rate ([`read_body`]); and JSON bodies, with problem+json rejections: `415` when
+//! the body is not JSON, `413` past the route's body limit (`DefaultBodyLimit`),
+//! `400 invalid-body` naming what is wrong without echoing the caller's bytes.
+
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
+use super::MAX_BODY_BYTES;
 use super::problem::{Kind, Problem};
 
 /// A JSON body type and how its problems read.
@@ -75,4 +80,70 @@ fn is_json(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `server.body_read_timeout` and `server.body_min_rate`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyLimits {
+    pub timeout: Duration,
+    pub min_rate: u64,
+}
+
+/// Reads the whole body (at most [`MAX_BODY_BYTES`] + 1 bytes: past that, the route's own limit
+/// answers `413`) within the body deadline, and at the minimum rate after the first second.
+pub(super) async fn read_body(request: Request, limits: BodyLimits) -> Result<Request, Response> {
+    use futures::StreamExt;
+    let (parts, body) = request.into_parts();
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.timeout;
+    let mut stream = body.into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    loop {
+        let by = match limits.min_rate {
+            0 => deadline,
+            rate => deadline.min(
+                started
+                    + Duration::from_secs(1)
+                    + Duration::from_secs_f64(bytes.len() as f64 / rate as f64),
+            ),
+        };
+        match tokio::time::timeout_at(by, stream.next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > MAX_BODY_BYTES {
+                    break;
+                }
+            }
+            Ok(Some(Err(_))) => {
+                return Err(
+                    Problem::new(Kind::InvalidBody, "the request body could not be read")
+                        .into_response(),
+                );
+            }
+            Err(_) => {
+                let detail = if by < deadline {
+                    format!(
+                        "the request body arrived slower than {} bytes/s",
+                        limits.min_rate
+                    )
+                } else {
+                    format!(
+                        "the request body took longer than {}s",
+                        limits.timeout.as_secs_f64()
+                    )
+                };
+                let mut response = Problem::new(Kind::BodyTimeout, detail).into_response();
+                // The rest of the body is not read: the connection cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(response);
+            }
+        }
+    }
+    Ok(Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes.freeze()),
+    ))
 }

@@ -35,9 +35,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 use super::auth::{Check, Guard};
+use super::body::{BodyLimits, read_body};
 use super::problem::{Kind, Problem};
 use super::routes::{Policies, Policy, Shedding};
-use super::{MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URI_BYTES, REQUEST_ID};
+use super::{MAX_HEADER_BYTES, MAX_URI_BYTES, REQUEST_ID};
 use crate::config::ServerSettings;
 
 // --- Request ids ---------------------------------------------------------------------------
@@ -414,74 +415,6 @@ fn timed_out(timeout: Duration) -> Response {
         format!("the request took longer than {}s", timeout.as_secs_f64()),
     )
     .into_response()
-}
-
-// --- Bodies --------------------------------------------------------------------------------
-
-/// `server.body_read_timeout` and `server.body_min_rate`.
-#[derive(Debug, Clone, Copy)]
-struct BodyLimits {
-    timeout: Duration,
-    min_rate: u64,
-}
-
-/// Reads the whole body (at most [`MAX_BODY_BYTES`] + 1 bytes: past that, the route's own limit
-/// answers `413`) within the body deadline, and at the minimum rate after the first second.
-async fn read_body(request: Request, limits: BodyLimits) -> Result<Request, Response> {
-    use futures::StreamExt;
-    let (parts, body) = request.into_parts();
-    let started = tokio::time::Instant::now();
-    let deadline = started + limits.timeout;
-    let mut stream = body.into_data_stream();
-    let mut bytes = bytes::BytesMut::new();
-    loop {
-        let by = match limits.min_rate {
-            0 => deadline,
-            rate => deadline.min(
-                started
-                    + Duration::from_secs(1)
-                    + Duration::from_secs_f64(bytes.len() as f64 / rate as f64),
-            ),
-        };
-        match tokio::time::timeout_at(by, stream.next()).await {
-            Ok(None) => break,
-            Ok(Some(Ok(chunk))) => {
-                bytes.extend_from_slice(&chunk);
-                if bytes.len() > MAX_BODY_BYTES {
-                    break;
-                }
-            }
-            Ok(Some(Err(_))) => {
-                return Err(
-                    Problem::new(Kind::InvalidBody, "the request body could not be read")
-                        .into_response(),
-                );
-            }
-            Err(_) => {
-                let detail = if by < deadline {
-                    format!(
-                        "the request body arrived slower than {} bytes/s",
-                        limits.min_rate
-                    )
-                } else {
-                    format!(
-                        "the request body took longer than {}s",
-                        limits.timeout.as_secs_f64()
-                    )
-                };
-                let mut response = Problem::new(Kind::BodyTimeout, detail).into_response();
-                // The rest of the body is not read: the connection cannot carry another request.
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return Err(response);
-            }
-        }
-    }
-    Ok(Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes.freeze()),
-    ))
 }
 
 // --- Limits --------------------------------------------------------------------------------

@@ -17,8 +17,14 @@ cores), local source over ./samples, `cache.not_found_ttl` = TTL. Then:
 5. a wait past TTL, then `/metrics` again (expired entries are evicted by that maintenance) and
    VmRSS after 2 s more: what was handed back.
 
-Prints one JSON line with the figures. The service's own allocator is whatever the binary was
-built with; `--env K=V` passes environment variables to it (e.g. MALLOC_ARENA_MAX=2).
+Prints one JSON line per round with the figures. The service's allocator is whatever the binary
+was built with; `--env K=V` passes environment variables to it (e.g. MALLOC_ARENA_MAX=2,
+_RJEM_MALLOC_CONF=..., MIMALLOC_PURGE_DELAY=0). Other options: `--rounds N` (fresh ids each
+round, each left to expire), `--settle S` (seconds after expiry before the last look),
+`--hook CMD` (run after expiry, `{pid}` replaced: e.g. gdb calling malloc_trim),
+`--max-bytes B` (`cache.max_bytes`), and `--found N`: instead of the flood, bench/run's memory
+phase for this binary (N bench assets through batchGet; needs bench/run's assets laid out).
+Figures and the commands that produced them: bench/RESULTS.md, "Memory accounting".
 """
 
 import argparse

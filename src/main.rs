@@ -7,6 +7,10 @@ use ams_thumbnails::server::{StartError, compose};
 use ams_thumbnails::{Server, Settings, server, telemetry};
 use clap::{Parser, Subcommand};
 
+/// jemalloc, with background threads that hand freed pages back: see Cargo.toml.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Turns a video asset id into ready-to-use thumbnail URLs.
 #[derive(Parser)]
 #[command(version, about)]

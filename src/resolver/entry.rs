@@ -290,16 +290,41 @@ impl Entry {
     }
 }
 
-/// Bytes an entry holds beyond its buffer: the `Resolved` itself, the
+/// Bytes a found entry holds beyond its buffer and its key: the `Resolved` itself, the
 /// buffer's shared header, moka's entry, deque and timer nodes, the read index's slot, and
-/// the allocator's overhead on each (measured with `bench/run`'s memory phase; see
-/// bench/RESULTS.md). The gzip variant, made later, is not weighed (moka weighs an entry once,
-/// when it is inserted): it adds about a seventh of the JSON's size.
+/// the allocator's overhead on each. Measured (jemalloc, 2026-12-03, bench/RESULTS.md
+/// "Memory accounting"): 100,000 entries of 10 thumbnails grow RSS 2,680 B each, and weigh
+/// 2,788 B each with this constant (1.04x; glibc 2,751 B, 1.01x), by
+/// `python3 bench/memflood.py --found 100000` (bench/run's memory phase, for any binary).
+/// The gzip variant, made later, is not weighed (moka weighs an entry once, when it is
+/// inserted): it adds about a seventh of the JSON's size.
 pub(super) const ENTRY_OVERHEAD: usize = 800;
 
-/// Approximate bytes held by an entry.
+/// Bytes a negative ("not found") entry holds beyond its key: moka's entry (`ValueEntry`,
+/// `EntryInfo`), its access-order, write-order and timer-wheel nodes, the key's `Arc` header,
+/// the `Entry` value, the concurrent map's bucket and the allocator's rounding on each
+/// allocation (a negative entry has no buffer and no read-index slot). Measured (2026-12-03,
+/// bench/RESULTS.md "Memory accounting"): 50,000 unknown 15-character ids grow RSS
+/// 341–370 B each with jemalloc (415 B with glibc, 320 B with mimalloc), by
+/// `python3 bench/memflood.py --ids 50000` (`GET /assets/{unknown}/thumbnails` on the release
+/// binary); with this constant they weigh 367 B each (1.05x of jemalloc's RSS, 0.88x of
+/// glibc's). Before this was measured they weighed 64 B + the key: a seventh of their cost.
+pub(super) const NOT_FOUND_OVERHEAD: usize = 352;
+
+/// Approximate bytes held by an entry of `buffer` bytes.
 pub(super) fn weigh(buffer: usize) -> u32 {
     u32::try_from(buffer + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+}
+
+/// The cache's weigher: approximate bytes of RSS that the entry for `key` holds, its key,
+/// moka's own structures and the allocator's rounding included (see [`ENTRY_OVERHEAD`] and
+/// [`NOT_FOUND_OVERHEAD`]), so that `cache.max_bytes` bounds the process's growth.
+pub(super) fn weight(key: &str, entry: &Entry) -> u32 {
+    let value = match entry {
+        Entry::Found(r) => weigh(r.buffer.len()),
+        Entry::NotFound { .. } => NOT_FOUND_OVERHEAD as u32,
+    };
+    value.saturating_add(u32::try_from(key.len()).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -342,5 +367,59 @@ pub(super) mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].url, "https://x/1.jpg");
         assert_eq!(r.indices().collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn a_negative_entry_weighs_what_it_was_measured_to_cost() {
+        let not_found = Entry::NotFound {
+            valid_until: Instant::now(),
+        };
+        // The 15-character ids of bench/memflood.py: RSS grew 341-415 B each, by allocator.
+        let w = weight("unknown-0000000", &not_found);
+        assert!(w >= 341, "{w}");
+        assert!(f64::from(w) <= 415.0 * 1.5, "{w}");
+        // Any id: at least the measured overhead, and its key on top (ids are stored once).
+        assert!(weight("", &not_found) as usize >= NOT_FOUND_OVERHEAD);
+        assert_eq!(
+            weight(&"x".repeat(200), &not_found) - weight("x", &not_found),
+            199
+        );
+        // Never the old 64 B + key: a seventh of what it costs.
+        assert!(weight("x", &not_found) > 5 * (64 + 1));
+    }
+
+    #[test]
+    fn a_found_entry_weighs_its_buffer_and_more_than_a_negative_one() {
+        let r = resolved("abc");
+        let found = Entry::Found(r.clone());
+        let not_found = Entry::NotFound {
+            valid_until: Instant::now(),
+        };
+        let w = weight("abc", &found) as usize;
+        assert_eq!(w, r.buffer.len() + ENTRY_OVERHEAD + 3);
+        assert!(w > weight("abc", &not_found) as usize + r.buffer.len());
+    }
+
+    // A found entry holds all a negative one does, and its `Resolved`, buffer header and
+    // read-index slot too.
+    const _: () = assert!(ENTRY_OVERHEAD > NOT_FOUND_OVERHEAD);
+
+    #[test]
+    fn weight_is_monotone_in_the_body_and_saturates() {
+        let mut last = 0;
+        for len in [0, 1, 100, 1_782, 65_536, 1 << 24] {
+            let w = weigh(len);
+            assert!(w > last, "{len}: {w} <= {last}");
+            assert!(w as usize >= len + ENTRY_OVERHEAD);
+            last = w;
+        }
+        assert_eq!(weigh(usize::MAX - ENTRY_OVERHEAD), u32::MAX);
+        let not_found = Entry::NotFound {
+            valid_until: Instant::now(),
+        };
+        assert_eq!(
+            weight(&"x".repeat(300), &not_found),
+            NOT_FOUND_OVERHEAD as u32 + 300
+        );
     }
 }

@@ -20,7 +20,7 @@ mod load;
 mod read_index;
 pub mod render;
 
-use entry::{Entry, weigh};
+use entry::{Entry, weight};
 pub use entry::{Resolved, ThumbnailView};
 use read_index::ReadIndex;
 
@@ -359,13 +359,7 @@ impl Inner {
         let cache = Cache::builder()
             .name("assets")
             .max_capacity(policy.max_bytes)
-            .weigher(|key: &Arc<str>, entry: &Entry| {
-                let value = match entry {
-                    Entry::Found(r) => weigh(r.buffer.len()),
-                    Entry::NotFound { .. } => 64,
-                };
-                value.saturating_add(key.len() as u32)
-            })
+            .weigher(|key: &Arc<str>, entry: &Entry| weight(key, entry))
             .expire_after(EntryExpiry)
             .eviction_listener(move |key, value, cause| {
                 if let Entry::Found(resolved) = &value {

@@ -99,6 +99,7 @@ def found(args, port: int, pid: int) -> dict:
     """bench/run's memory phase, for any binary: ARGS.found assets loaded through batchGet,
     RSS growth after the first 1,000 against the cache's weight."""
     sys.path.insert(0, str(ROOT / "bench"))
+    sys.dont_write_bytecode = True
     import contextlib
     import io
 

@@ -71,6 +71,9 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+PAD = ""  # --id-len: ids padded to this many characters
+
+
 def flood(port: int, first: int, count: int, connections: int = 4) -> float:
     started = time.monotonic()
     errors = []
@@ -78,7 +81,7 @@ def flood(port: int, first: int, count: int, connections: int = 4) -> float:
     def worker(k: int) -> None:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in range(first + k, first + count, connections):
-            c.request("GET", f"/assets/unknown-{i:07d}/thumbnails")
+            c.request("GET", f"/assets/unknown-{PAD}{i:07d}/thumbnails")
             r = c.getresponse()
             r.read()
             if r.status != 404:
@@ -99,6 +102,7 @@ def found(args, port: int, pid: int) -> dict:
     """bench/run's memory phase, for any binary: ARGS.found assets loaded through batchGet,
     RSS growth after the first 1,000 against the cache's weight."""
     sys.path.insert(0, str(ROOT / "bench"))
+    sys.dont_write_bytecode = True
     import contextlib
     import io
 
@@ -144,9 +148,12 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=4, help="seconds after expiry before the last look")
     ap.add_argument("--hook", default="", help="shell command run after expiry ({pid} replaced)")
     ap.add_argument("--rounds", type=int, default=1, help="floods of fresh ids, each left to expire")
+    ap.add_argument("--id-len", type=int, default=15, help="characters per unknown id (15 to 260)")
     ap.add_argument("--max-bytes", type=int, default=17179869184, help="cache.max_bytes")
     ap.add_argument("--found", type=int, default=0, help="instead: load this many bench assets")
     args = ap.parse_args()
+    global PAD
+    PAD = "x" * max(0, args.id_len - 15)
     ttl = float(args.ttl.rstrip("s"))
     port = freeport()
     cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
@@ -217,6 +224,7 @@ container_template = "{{assetId}}"
                 "label": args.label,
                 "round": r + 1,
                 "ids": args.ids,
+                "id_len": 15 + len(PAD),
                 "seconds": round(secs, 1),
                 "rss_before_kib": before["VmRSS"],
                 "rss_after_kib": after["VmRSS"],

@@ -308,7 +308,9 @@ pub(super) const ENTRY_OVERHEAD: usize = 800;
 /// 341–370 B each with jemalloc (415 B with glibc, 320 B with mimalloc), by
 /// `python3 bench/memflood.py --ids 50000` (`GET /assets/{unknown}/thumbnails` on the release
 /// binary); with this constant they weigh 367 B each (1.05x of jemalloc's RSS, 0.88x of
-/// glibc's). Before this was measured they weighed 64 B + the key: a seventh of their cost.
+/// glibc's); 100- and 260-character ids weigh 452 and 612 B against 447 and 618 B of RSS
+/// (`--id-len`), so the key's bytes count one for one. Before this was measured they weighed
+/// 64 B + the key: a fifth of their cost.
 pub(super) const NOT_FOUND_OVERHEAD: usize = 352;
 
 /// Approximate bytes held by an entry of `buffer` bytes.

@@ -16,8 +16,7 @@
 //!   take a boxed, asynchronous path; the timeout's timer is armed only when the handler does
 //!   not answer on its first poll.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +36,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::auth::{Check, Guard};
 use super::body::{BodyLimits, read_body};
 use super::problem::{Kind, Problem};
+use super::request_metrics::record_request;
 use super::routes::{Policies, Policy, Shedding};
 use super::{MAX_HEADER_BYTES, MAX_URI_BYTES, REQUEST_ID};
 use crate::config::ServerSettings;
@@ -500,79 +500,9 @@ fn overloaded() -> Response {
     problem.into_response()
 }
 
-// --- Request metrics -----------------------------------------------------------------------
-
-/// `http_requests_total` (route, method, status) and `http_request_duration_seconds` (route,
-/// method). The handles are looked up in the recorder once per thread and label set, not per
-/// request (registering hashes the labels under a lock and allocates their strings).
-fn record_request(route: &str, method: &Method, status: u16, seconds: f64) {
-    let method = method_label(method);
-    struct Handles {
-        method: &'static str,
-        status: u16,
-        requests: metrics::Counter,
-        duration: metrics::Histogram,
-    }
-    /// Label sets cached per thread; past this, handles are looked up per request (label sets
-    /// are bounded by routes, methods and statuses, so this is a guard, not a limit in use).
-    const MAX_CACHED: usize = 1024;
-    type ByRoute = HashMap<Box<str>, Vec<Handles>, foldhash::fast::RandomState>;
-    thread_local! {
-        static CACHED: RefCell<(usize, ByRoute)> = RefCell::default();
-    }
-    CACHED.with(|cached| {
-        let (count, map) = &mut *cached.borrow_mut();
-        if let Some(h) = map
-            .get(route)
-            .and_then(|all| all.iter().find(|h| h.status == status && h.method == method))
-        {
-            h.requests.increment(1);
-            h.duration.record(seconds);
-            return;
-        }
-        let requests = metrics::counter!("http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_string());
-        let duration = metrics::histogram!("http_request_duration_seconds", "route" => route.to_owned(), "method" => method);
-        requests.increment(1);
-        duration.record(seconds);
-        if *count < MAX_CACHED {
-            *count += 1;
-            map.entry(route.into()).or_default().push(Handles {
-                method,
-                status,
-                requests,
-                duration,
-            });
-        }
-    });
-}
-
-/// The `method` label: the standard methods by name, anything else `other` (a caller can make
-/// up methods without end; each would be a series kept forever).
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn made_up_methods_share_one_label() {
-        assert_eq!(method_label(&Method::GET), "GET");
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
-        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "other");
-    }
 
     #[test]
     fn uri_length_matches_its_display() {

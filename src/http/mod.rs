@@ -12,6 +12,7 @@ mod jobs;
 pub mod params;
 pub mod problem;
 mod rate_limit;
+mod request_metrics;
 pub mod routes;
 
 use std::ops::Deref;

@@ -5,6 +5,7 @@ mod assets;
 pub mod auth;
 mod batch;
 mod body;
+mod cors;
 mod demo;
 mod gate;
 mod health;
@@ -18,7 +19,6 @@ pub mod routes;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -96,7 +96,7 @@ pub fn route_table(state: &AppState) -> Vec<(Method, String)> {
 /// shedding and the timeout, each by the matched route's policy).
 pub fn app(state: AppState) -> Router {
     let (router, policies) = routes::build(routes::table(&state));
-    let cors = cors_layer(&state.api.cors_allowed_origins);
+    let cors = cors::layer(&state.api.cors_allowed_origins);
     crate::metrics::handle();
     // One layer (so one boxed route level) for the whole stack, outermost first.
     router
@@ -138,43 +138,6 @@ pub fn app(state: AppState) -> Router {
                 )),
         )
         .with_state(state)
-}
-
-/// CORS for the configured origins (none: no CORS headers, browsers refuse cross-origin use).
-fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect::<Vec<_>>(),
-        )
-    };
-    let layer = CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::DELETE])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-            REQUEST_ID.clone(),
-        ])
-        .expose_headers([
-            header::ETAG,
-            header::CACHE_CONTROL,
-            header::RETRY_AFTER,
-            header::LOCATION,
-            REQUEST_ID.clone(),
-        ])
-        .max_age(Duration::from_secs(600));
-    Some(layer)
 }
 
 /// `GET /metrics`: Prometheus text format.

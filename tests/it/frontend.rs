@@ -399,6 +399,24 @@ async fn cors_only_for_configured_origins() {
     for h in ["etag", "x-request-id", "retry-after"] {
         assert!(exposed.contains(h), "{exposed}");
     }
+    // A preflight from an origin that is not listed: a problem document, not an empty 200.
+    for path in ["/assets/builtin-preset/thumbnails", "/nowhere"] {
+        let refused = open
+            .client
+            .request(reqwest::Method::OPTIONS, open.url(path))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", "GET")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            refused
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none()
+        );
+        assert_problem(refused, 403, "origin-not-allowed").await;
+    }
     let foreign = open
         .client
         .get(open.url("/assets/builtin-preset/thumbnails"))

@@ -17,7 +17,8 @@ Modes (the issue #13 attacks, bounded):
   negative     GET of unknown ids (each a new negative entry) with a valid key, 8 connections,
                --rate a second
 
-Each connection is opened again when the service closes it, so the pressure stays constant.
+Each connection is opened again 1 s (ATTACK_RECONNECT_AFTER) after the service closes it, so
+the pressure stays on.
 """
 
 import argparse
@@ -59,6 +60,12 @@ async def answer(reader: asyncio.StreamReader) -> int:
     return status
 
 
+# How long a connection the service closed waits before it is opened again. With 50 ms, the
+# connection attacks became connect floods (22,665 connections in one idle attack), which on
+# two cores measured the attacker's CPU more than the service: see bench/RESULTS.md.
+RECONNECT_AFTER = float(__import__("os").environ.get("ATTACK_RECONNECT_AFTER", "1.0"))
+
+
 async def forever(one, *args) -> None:
     """Runs one connection's attack again each time the service ends it."""
     while True:
@@ -66,7 +73,7 @@ async def forever(one, *args) -> None:
             await one(*args)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             count("closed_by_service")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(RECONNECT_AFTER)
 
 
 async def slowloris(port: int) -> None:

@@ -21,6 +21,12 @@ FROM rust:1.95-slim-bookworm AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /build
 
+# jemalloc (the service's allocator, tikv-jemalloc-sys) is built from C with ./configure and make;
+# the slim image has the compiler but not make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && rm -rf /var/lib/apt/lists/*
+
 # 1. Dependencies only: build the locked dependency graph against placeholder sources so that this
 #    layer stays cached until Cargo.toml or Cargo.lock changes.
 COPY Cargo.toml Cargo.lock ./

@@ -14,42 +14,38 @@ pub const RESERVE: u64 = 256;
 /// Raises the soft open-file limit to the hard limit; returns the soft limit in force after.
 #[cfg(unix)]
 pub fn raise() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only the struct passed, which lives on this
-    // stack frame for the call.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+    let limit = get()?;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct passed, which lives on this stack frame.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            limit = raised;
-        }
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
-    Ok(limit.rlim_cur as u64)
+    current().ok_or_else(std::io::Error::last_os_error)
 }
 
 /// The soft open-file limit in force, if it can be read.
 #[cfg(unix)]
 pub fn current() -> Option<u64> {
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
+    get().ok().map(|limit| limit.rlim_cur as u64)
+}
+
+#[cfg(unix)]
+fn get() -> std::io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: as in `raise`.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
-    ok.then_some(limit.rlim_cur as u64)
+    // SAFETY: getrlimit only writes the struct passed, which lives on this stack frame.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
 }
 
 #[cfg(not(unix))]

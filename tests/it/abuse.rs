@@ -13,11 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const KEY: &str = "abuse-test-key-0123456789";
 
 fn keyed(extra: &str) -> ams_thumbnails::Settings {
-    use sha2::Digest;
-    let sha: String = sha2::Sha256::digest(KEY.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = crate::security::sha256(KEY);
     settings(&format!(
         "[auth]\napi = \"api-key\"\napi_keys = [{{ name = \"frontend\", sha256 = \"{sha}\", \
          roles = [\"api\"] }}]\n{extra}"

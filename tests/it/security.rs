@@ -11,7 +11,7 @@ const FRONTEND_KEY: &str = "frontend-key-0123456789";
 const NEXT_KEY: &str = "rotated-frontend-key-abcdef";
 const OPERATOR_KEY: &str = "operator-key-9876543210";
 
-fn sha256(key: &str) -> String {
+pub(crate) fn sha256(key: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(key.as_bytes())
         .iter()

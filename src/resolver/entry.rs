@@ -39,6 +39,8 @@ pub struct Resolved {
     /// Each thumbnail's index and its object's place in `body`, in list order: 16 bytes each
     /// (index, start, length, little-endian), in `buffer` (no allocation of their own).
     pub(super) thumbnails: Span,
+    /// Where the asset's blobs are, `{account}/{container}`: what a storage event names.
+    pub(super) origin: Span,
 }
 
 pub(super) struct Gzipped {
@@ -115,6 +117,7 @@ impl std::fmt::Debug for Resolved {
 impl Resolved {
     pub(super) fn new(
         rendered: render::Rendered,
+        origin: &str,
         expires_at: Option<OffsetDateTime>,
         fresh_until: Instant,
         valid_until: Instant,
@@ -136,13 +139,14 @@ impl Resolved {
             rendered.storyboard_vtt.as_deref(),
             rendered.storyboard_json.as_deref(),
             Some(&spans_bytes[..]),
+            Some(origin.as_bytes()),
         ];
         let total: usize = parts.iter().flatten().map(|p| p.len()).sum();
         if u32::try_from(total).is_err() {
             return Err(format!("{total} bytes of answers for one asset"));
         }
         let mut buffer = Vec::with_capacity(total);
-        let mut spans = [None; 5];
+        let mut spans = [None; 6];
         for (span, part) in spans.iter_mut().zip(parts) {
             if let Some(part) = part {
                 *span = Some(Span {
@@ -160,6 +164,7 @@ impl Resolved {
             storyboard_vtt: spans[2],
             storyboard_json: spans[3],
             thumbnails: span(4),
+            origin: span(5),
             buffer: Bytes::from(buffer),
             urls_expire: expires_at.map(|at| {
                 let left = at - OffsetDateTime::now_utc();
@@ -178,6 +183,15 @@ impl Resolved {
         self.body()
             .get(PREFIX.len()..PREFIX.len() + id.len() + 1)
             .is_some_and(|b| &b[..id.len()] == id.as_bytes() && b[id.len()] == b'"')
+    }
+
+    /// Whether the asset's blobs are in `container` of `account`.
+    pub(super) fn lives_in(&self, account: &str, container: &str) -> bool {
+        let origin = &self.buffer[self.origin.range()];
+        origin.len() == account.len() + 1 + container.len()
+            && origin.starts_with(account.as_bytes())
+            && origin[account.len()] == b'/'
+            && origin.ends_with(container.as_bytes())
     }
 
     /// When this entry stops being served from the cache at all.
@@ -353,7 +367,16 @@ pub(super) mod tests {
         };
         let now = Instant::now();
         let rendered = render::render(&asset).unwrap();
-        Arc::new(Resolved::new(rendered, None, now, now + Duration::from_secs(60)).unwrap())
+        Arc::new(
+            Resolved::new(
+                rendered,
+                "acct/box",
+                None,
+                now,
+                now + Duration::from_secs(60),
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -369,6 +392,10 @@ pub(super) mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].url, "https://x/1.jpg");
         assert_eq!(r.indices().collect::<Vec<_>>(), [1]);
+        assert!(r.lives_in("acct", "box"));
+        assert!(!r.lives_in("acct", "bo"));
+        assert!(!r.lives_in("acc", "box"));
+        assert!(!r.lives_in("other", "box"));
     }
 
     #[test]

@@ -116,11 +116,17 @@ impl Inner {
             fresh_for = fresh_for.min(self.policy.not_found_ttl);
         }
         let now = Instant::now();
-        Resolved::new(rendered, expires_at, now + fresh_for, now + keep_for).map_err(|message| {
-            SourceError::Upstream {
-                backend: "render",
-                message,
-            }
+        let origin = format!("{}/{}", location.account, location.container);
+        Resolved::new(
+            rendered,
+            &origin,
+            expires_at,
+            now + fresh_for,
+            now + keep_for,
+        )
+        .map_err(|message| SourceError::Upstream {
+            backend: "render",
+            message,
         })
     }
 

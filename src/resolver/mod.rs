@@ -327,6 +327,25 @@ impl Resolver {
         self.inner.cache.invalidate(id.as_str()).await;
     }
 
+    /// Drops the entries of every asset whose blobs are in `container` of `account` (a blob
+    /// there was written or deleted), and returns how many there were.
+    pub async fn invalidate_container(&self, account: &str, container: &str) -> usize {
+        let keys: Vec<Arc<str>> = self
+            .inner
+            .cache
+            .iter()
+            .filter_map(|(key, entry)| match entry {
+                Entry::Found(r) if r.lives_in(account, container) => Some((*key).clone()),
+                _ => None,
+            })
+            .collect();
+        for key in &keys {
+            self.inner.hot.forget(key);
+            self.inner.cache.invalidate(&**key).await;
+        }
+        keys.len()
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats()
     }

@@ -196,7 +196,7 @@ mod tests {
         .unwrap();
         index.insert(
             "old",
-            Arc::new(Resolved::new(rendered, None, now, now).unwrap()),
+            Arc::new(Resolved::new(rendered, "a/c", None, now, now).unwrap()),
         );
         assert!(index.get("old", Instant::now()).is_none());
     }

@@ -36,7 +36,7 @@ pub use azure::{
     CredentialSettings, LinkMode, LinkSettings, StorageAuth, StorageSettings,
     uses_ams_container_sas,
 };
-pub use cache::{CacheSettings, MAX_URL_LIFETIME};
+pub use cache::{CacheSettings, MAX_URL_LIFETIME, SharedCacheSettings};
 pub use error::{ConfigError, Invalid};
 pub use jobs::{GenerateDefaults, JobSettings};
 pub use log::{LogFormat, LogSettings};
@@ -159,6 +159,12 @@ impl Settings {
                 return Err(both("storage.account_key_file"));
             }
             self.storage.account_key = Some(read("storage.account_key_file", &path)?);
+        }
+        if let Some(path) = self.cache.shared.password_file.clone() {
+            if self.cache.shared.password.is_some() {
+                return Err(both("cache.shared.password_file"));
+            }
+            self.cache.shared.password = Some(read("cache.shared.password_file", &path)?);
         }
         if let Some(CredentialSettings::ClientSecret {
             client_secret,

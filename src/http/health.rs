@@ -80,6 +80,21 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             detail: Some("the check panicked".into()),
         }));
     }
+    // The shared tier is never a reason to stop serving: without it each replica answers
+    // from its own cache and the source.
+    let started = Instant::now();
+    if let Some(healthy) = state.resolver.shared_tier_check().await {
+        checks.push(Check {
+            name: "shared-cache".into(),
+            required: false,
+            status: if healthy { "up" } else { "degraded" },
+            latency_ms: started.elapsed().as_millis() as u64,
+            detail: (!healthy).then(|| {
+                "Redis unreachable or slow: answering from this replica's cache and the source"
+                    .into()
+            }),
+        });
+    }
     let ready = checks.iter().all(|c| !c.required || c.status == "up");
     let status = if ready {
         StatusCode::OK

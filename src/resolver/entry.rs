@@ -194,6 +194,11 @@ impl Resolved {
             && origin.ends_with(container.as_bytes())
     }
 
+    /// `{account}/{container}` of the asset's blobs.
+    pub(super) fn origin(&self) -> String {
+        String::from_utf8_lossy(&self.buffer[self.origin.range()]).into_owned()
+    }
+
     /// When this entry stops being served from the cache at all.
     #[inline]
     pub fn valid_until(&self) -> Instant {

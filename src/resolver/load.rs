@@ -28,7 +28,15 @@ struct Storyboards {
 }
 
 impl Inner {
+    /// The entry of `id`: through the shared tier when there is one, else from the source.
     pub(super) async fn load(&self, id: &AssetId) -> Result<Entry, SourceError> {
+        match &self.shared {
+            Some(tier) => self.load_through(tier, id).await,
+            None => self.load_from_source(id).await,
+        }
+    }
+
+    pub(super) async fn load_from_source(&self, id: &AssetId) -> Result<Entry, SourceError> {
         self.stats.loads.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = self.load_found(id).await;

@@ -19,10 +19,12 @@ mod entry;
 mod load;
 mod read_index;
 pub mod render;
+mod shared;
 
 use entry::{Entry, weight};
 pub use entry::{Resolved, ThumbnailView};
 use read_index::ReadIndex;
+pub use shared::SharedTier;
 
 use crate::asset_id::AssetId;
 use crate::config::CacheSettings;
@@ -83,6 +85,8 @@ struct Inner {
     backend: Backend,
     recogniser: Recogniser,
     policy: CacheSettings,
+    /// The tier the replicas share (Redis), when configured.
+    shared: Option<SharedTier>,
     stats: Stats,
     counters: Counters,
 }
@@ -157,8 +161,39 @@ impl Resolver {
         recogniser: Recogniser,
         backend: Backend,
     ) -> Self {
-        Self {
-            inner: Arc::new(Inner::new(policy, refresh_deadline, recogniser, backend)),
+        Self::with_shared_tier(policy, refresh_deadline, recogniser, backend, None)
+    }
+
+    /// A resolver with `shared` behind its cache; its notice listener runs (on the current
+    /// runtime) as long as the resolver lives.
+    pub fn with_shared_tier(
+        policy: CacheSettings,
+        refresh_deadline: Duration,
+        recogniser: Recogniser,
+        backend: Backend,
+        shared: Option<SharedTier>,
+    ) -> Self {
+        let inner = Arc::new(Inner::new(
+            policy,
+            refresh_deadline,
+            recogniser,
+            backend,
+            shared,
+        ));
+        // Without a runtime (`check-config` builds everything without serving) nothing listens.
+        if inner.shared.is_some()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(shared::listen::listen(Arc::downgrade(&inner)));
+        }
+        Self { inner }
+    }
+
+    /// Whether the shared tier works (`None`: there is none).
+    pub async fn shared_tier_check(&self) -> Option<bool> {
+        match &self.inner.shared {
+            Some(tier) => Some(tier.check().await),
+            None => None,
         }
     }
 
@@ -321,29 +356,23 @@ impl Resolver {
         });
     }
 
-    /// Drops an asset's cache entry.
+    /// Drops an asset's cache entry, on every replica.
     pub async fn invalidate(&self, id: &AssetId) {
-        self.inner.hot.forget(id.as_str());
-        self.inner.cache.invalidate(id.as_str()).await;
+        self.inner.drop_local(id.as_str()).await;
+        if let Some(tier) = &self.inner.shared {
+            tier.invalidate(id.as_str()).await;
+        }
     }
 
     /// Drops the entries of every asset whose blobs are in `container` of `account` (a blob
-    /// there was written or deleted), and returns how many there were.
+    /// there was written or deleted), on every replica; returns how many this one held.
     pub async fn invalidate_container(&self, account: &str, container: &str) -> usize {
-        let keys: Vec<Arc<str>> = self
-            .inner
-            .cache
-            .iter()
-            .filter_map(|(key, entry)| match entry {
-                Entry::Found(r) if r.lives_in(account, container) => Some((*key).clone()),
-                _ => None,
-            })
-            .collect();
-        for key in &keys {
-            self.inner.hot.forget(key);
-            self.inner.cache.invalidate(&**key).await;
+        let dropped = self.inner.drop_local_container(account, container).await;
+        if let Some(tier) = &self.inner.shared {
+            tier.invalidate_container(&format!("{account}/{container}"))
+                .await;
         }
-        keys.len()
+        dropped
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -372,6 +401,7 @@ impl Inner {
         refresh_deadline: Duration,
         recogniser: Recogniser,
         backend: Backend,
+        shared: Option<SharedTier>,
     ) -> Self {
         let hot = Arc::new(ReadIndex::new());
         let evicted = hot.clone();
@@ -401,6 +431,7 @@ impl Inner {
             backend,
             recogniser,
             policy,
+            shared,
             stats: Stats::default(),
             counters: {
                 // The service's recorder first, so that the handles are its own.
@@ -425,6 +456,35 @@ impl Inner {
         if !matches!(&held, Some(Entry::Found(r)) if Arc::ptr_eq(r, resolved)) {
             self.hot.remove(&key, resolved);
         }
+    }
+
+    /// Drops `id`'s entry from this replica.
+    async fn drop_local(&self, id: &str) {
+        self.hot.forget(id);
+        self.cache.invalidate(id).await;
+    }
+
+    /// Drops from this replica every entry whose blobs are in `container` of `account`.
+    async fn drop_local_container(&self, account: &str, container: &str) -> usize {
+        let keys: Vec<Arc<str>> = self
+            .cache
+            .iter()
+            .filter_map(|(key, entry)| match entry {
+                Entry::Found(r) if r.lives_in(account, container) => Some((*key).clone()),
+                _ => None,
+            })
+            .collect();
+        for key in &keys {
+            self.drop_local(key).await;
+        }
+        keys.len()
+    }
+
+    /// Drops every entry this replica holds.
+    async fn drop_everything_local(&self) {
+        self.hot.clear();
+        self.cache.invalidate_all();
+        self.cache.run_pending_tasks().await;
     }
 
     fn stats(&self) -> StatsSnapshot {

@@ -155,6 +155,13 @@ impl ReadIndex {
         }
     }
 
+    /// Empties the index (every entry is being dropped).
+    pub(super) fn clear(&self) {
+        for shard in &self.shards {
+            shard.write().expect("not poisoned").clear();
+        }
+    }
+
     pub(super) fn forget(&self, key: &str) {
         let (shard, hash) = self.slot(key);
         shard.write().expect("not poisoned").remove(&hash);

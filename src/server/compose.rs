@@ -15,7 +15,7 @@ use crate::http::auth::{Guard, JwtValidator};
 use crate::http::{AppParts, AppState};
 use crate::jobs::{self, Encoder, Jobs};
 use crate::recognise::Recogniser;
-use crate::resolver::Resolver;
+use crate::resolver::{Resolver, SharedTier};
 use crate::source::{self, Backend, Catalog, HealthCheck};
 
 /// A backend and, where the source has one, its encoder.
@@ -156,11 +156,12 @@ pub fn resolver(settings: &Settings, public_base_url: &Url) -> Result<Resolver, 
     let recogniser = Recogniser::new(&settings.recognition)?;
     let http = http_client(settings)?;
     let sourced = backend(settings, public_base_url, http.as_ref())?;
-    Ok(Resolver::new(
+    Ok(Resolver::with_shared_tier(
         settings.cache.clone(),
         settings.server.request_timeout,
         recogniser,
         sourced.backend,
+        SharedTier::new(&settings.cache.shared)?,
     ))
 }
 
@@ -185,11 +186,12 @@ pub fn app_state(
     let jobs = encoder.map(|encoder| Jobs::new(encoder, settings.jobs.clone()));
     let health = backend.health.clone();
     let local_root = backend.local_root.clone();
-    let resolver = Resolver::new(
+    let resolver = Resolver::with_shared_tier(
         settings.cache.clone(),
         settings.server.request_timeout,
         recogniser,
         backend,
+        SharedTier::new(&settings.cache.shared)?,
     );
     Ok(AppState::new(AppParts {
         resolver,

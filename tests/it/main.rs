@@ -30,4 +30,5 @@ mod mkio;
 mod openapi;
 mod resilience;
 mod security;
+mod shared_cache;
 mod shutdown;

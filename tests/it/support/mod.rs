@@ -12,6 +12,7 @@ pub mod faults;
 pub mod logs;
 pub mod odata;
 pub mod own_process;
+pub mod redis;
 pub mod sas;
 pub mod seed;
 pub mod tls;

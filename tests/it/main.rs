@@ -31,3 +31,4 @@ mod openapi;
 mod resilience;
 mod security;
 mod shutdown;
+mod stable_links;

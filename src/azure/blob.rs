@@ -150,6 +150,7 @@ impl AzureBlobStore {
                     None,
                     OffsetDateTime::now_utc() + LIST_SAS_LIFETIME,
                     *protocol,
+                    None,
                 );
                 url.set_query(Some(&sas));
                 None

@@ -18,6 +18,8 @@ use tokio::sync::Mutex;
 use super::blob::BlobEndpoint;
 use super::sas::{AccountKeySigner, SasProtocol, SasResource};
 use super::source_error;
+use super::validity::{Validity, truncate_seconds};
+use crate::config::MAX_KEY_AHEAD;
 use crate::model::Link;
 use crate::source::{AssetLocation, Linker, SourceError};
 use crate::url_path::{encode_blob_name, encode_segment};
@@ -73,14 +75,6 @@ impl Linker for PublicLinker {
     }
 }
 
-/// Validity of signed URLs: from `clock_skew` ago to `lifetime` ahead.
-#[derive(Debug, Clone, Copy)]
-pub struct Validity {
-    pub lifetime: Duration,
-    pub clock_skew: Duration,
-    pub protocol: SasProtocol,
-}
-
 /// Read-only, one-blob service SAS signed with the account key.
 pub struct AccountKeySasLinker {
     pub base: LinkBase,
@@ -101,10 +95,7 @@ impl Linker for AccountKeySasLinker {
                 message: "the asset lives in a storage account whose key is not configured".into(),
             });
         }
-        let now = OffsetDateTime::now_utc();
-        let start = now - self.validity.clock_skew;
-        // Whole seconds: the SAS carries seconds, and the reported expiry must not be later.
-        let expiry = truncate_seconds(now + self.validity.lifetime);
+        let span = self.validity.span(OffsetDateTime::now_utc());
         Ok(names
             .iter()
             .map(|name| {
@@ -114,27 +105,33 @@ impl Linker for AccountKeySasLinker {
                         blob: name,
                     },
                     "r",
-                    Some(start),
-                    expiry,
+                    Some(span.start),
+                    span.expiry,
                     self.validity.protocol,
+                    self.validity.cache_control.as_deref(),
                 );
                 Link {
                     url: format!("{}?{sas}", self.base.url(location, name)),
-                    expires_at: Some(expiry),
+                    expires_at: Some(span.expiry),
                 }
             })
             .collect())
     }
 }
 
-/// A user delegation key and when it stops being usable.
+/// A user delegation key, when it stops being usable, and (with a window) the key period it
+/// was asked for.
 struct CachedKey {
     key: Arc<UserDelegationKey>,
     expires_at: OffsetDateTime,
+    period: Option<OffsetDateTime>,
 }
 
 /// Read-only, one-blob user delegation SAS. Keys are cached per account and renewed when less
-/// than `2 * lifetime` remains, so a SAS never outlives the key that signed it.
+/// than `2 * lifetime` remains, so a SAS never outlives the key that signed it. With a window,
+/// keys are asked for per key period instead (start and expiry on window boundaries): one key
+/// signs every URL of a window, so refreshes within it sign the same URL, and every replica
+/// asks for the same start and expiry.
 pub struct UserDelegationLinker {
     pub base: LinkBase,
     pub endpoint: BlobEndpoint,
@@ -155,7 +152,7 @@ impl UserDelegationLinker {
         validity: Validity,
     ) -> Self {
         // Four URL lifetimes (renewed after two), within Azure's 7-day maximum.
-        let key_lifetime = (validity.lifetime * 4).min(Duration::from_secs(7 * 24 * 3600 - 60));
+        let key_lifetime = (validity.lifetime * 4).min(MAX_KEY_AHEAD);
         Self {
             base,
             endpoint,
@@ -167,18 +164,24 @@ impl UserDelegationLinker {
         }
     }
 
-    /// The account's delegation key, fetched once and shared; renewed before it gets too short
-    /// for a full URL lifetime.
+    /// The account's delegation key for URLs signed at `now`, fetched once and shared;
+    /// renewed before it gets too short for a full URL lifetime, or with a window when the key
+    /// period changes.
     async fn key(
         &self,
         account: &str,
+        now: OffsetDateTime,
     ) -> Result<(Arc<UserDelegationKey>, OffsetDateTime), SourceError> {
-        let now = OffsetDateTime::now_utc();
+        let period = self.validity.key_period(now);
         let mut keys = self.keys.lock().await;
-        if let Some(cached) = keys.get(account)
-            && cached.expires_at - now > self.validity.lifetime * 2
-        {
-            return Ok((cached.key.clone(), cached.expires_at));
+        if let Some(cached) = keys.get(account) {
+            let usable = match period {
+                Some((start, _)) => cached.period == Some(start),
+                None => cached.expires_at - now > self.validity.lifetime * 2,
+            };
+            if usable {
+                return Ok((cached.key.clone(), cached.expires_at));
+            }
         }
         let service_url = Url::parse(&self.endpoint.service_url(account)).map_err(|_| {
             SourceError::Misconfigured {
@@ -195,9 +198,17 @@ impl UserDelegationLinker {
             }),
         )
         .map_err(|e| source_error("storage", &e))?;
-        let expires_at = truncate_seconds(now + self.key_lifetime);
+        let (start, expires_at) = match period {
+            // Up to the `se` of the period's last window.
+            Some((start, length)) => (
+                start - self.validity.clock_skew,
+                start + length - self.validity.window + self.validity.lifetime,
+            ),
+            None => (now - self.validity.clock_skew, now + self.key_lifetime),
+        };
+        let expires_at = truncate_seconds(expires_at);
         let info = KeyInfo {
-            start: Some(truncate_seconds(now - self.validity.clock_skew)),
+            start: Some(truncate_seconds(start)),
             expiry: Some(expires_at),
             ..Default::default()
         };
@@ -216,6 +227,7 @@ impl UserDelegationLinker {
             CachedKey {
                 key: key.clone(),
                 expires_at,
+                period: period.map(|(start, _)| start),
             },
         );
         Ok((key, expires_at))
@@ -229,11 +241,12 @@ impl Linker for UserDelegationLinker {
         location: &AssetLocation,
         names: &[&str],
     ) -> Result<Vec<Link>, SourceError> {
-        let (key, key_expires_at) = self.key(&location.account).await?;
+        // One instant for the key and the span: both belong to the same window.
         let now = OffsetDateTime::now_utc();
+        let (key, key_expires_at) = self.key(&location.account, now).await?;
+        let span = self.validity.span(now);
         // Never beyond the key's own expiry.
-        let expiry = truncate_seconds((now + self.validity.lifetime).min(key_expires_at));
-        let start = now - self.validity.clock_skew;
+        let expiry = span.expiry.min(key_expires_at);
         let protocol = match self.validity.protocol {
             SasProtocol::Https => azure_storage_sas::SasProtocol::Https,
             SasProtocol::HttpsAndHttp => azure_storage_sas::SasProtocol::HttpsAndHttp,
@@ -241,14 +254,17 @@ impl Linker for UserDelegationLinker {
         names
             .iter()
             .map(|name| {
-                let sas =
+                let mut builder =
                     azure_storage_sas::SasBuilder::new(location.account.as_str(), &key, expiry)
                         .map_err(|e| source_error("storage", &e))?
                         .blob(location.container.as_str(), *name)
                         .read()
-                        .start(start)
-                        .protocol(protocol)
-                        .build();
+                        .start(span.start)
+                        .protocol(protocol);
+                if let Some(cache_control) = &self.validity.cache_control {
+                    builder = builder.cache_control(cache_control.as_str());
+                }
+                let sas = builder.build();
                 Ok(Link {
                     url: format!("{}?{sas}", self.base.url(location, name)),
                     expires_at: Some(expiry),
@@ -294,8 +310,4 @@ impl Linker for AmsContainerSasLinker {
             })
             .collect())
     }
-}
-
-fn truncate_seconds(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(0).expect("0 is a valid nanosecond")
 }

@@ -5,6 +5,7 @@ pub mod blob;
 pub mod credential;
 pub mod links;
 pub mod sas;
+pub mod validity;
 
 use std::sync::Arc;
 
@@ -227,7 +228,8 @@ impl AzureBackend {
     pub fn new(settings: AzureSettings<'_>, http: reqwest::Client) -> Result<Self, Invalid> {
         use crate::config::{LinkMode, StorageAuth};
         use blob::{AzureBlobStore, BlobEndpoint, StorageAccess};
-        use links::{AccountKeySasLinker, LinkBase, PublicLinker, UserDelegationLinker, Validity};
+        use links::{AccountKeySasLinker, LinkBase, PublicLinker, UserDelegationLinker};
+        use validity::Validity;
 
         let options = client_options(settings.upstream, &http);
         let credential = settings
@@ -276,11 +278,13 @@ impl AzureBackend {
             settings.upstream.retry_budget + settings.upstream.timeout,
         ));
         let base = LinkBase::new(endpoint.clone(), settings.links.cdn_base.as_ref());
-        let validity = Validity {
-            lifetime: settings.links.lifetime,
-            clock_skew: settings.links.clock_skew,
+        let validity = Validity::new(
+            settings.links.lifetime,
+            settings.links.clock_skew,
             protocol,
-        };
+            settings.links.window,
+            settings.links.response_cache_control.as_deref(),
+        );
         let linker: Arc<dyn crate::source::Linker> = match settings.links.mode {
             LinkMode::Public => Arc::new(PublicLinker { base }),
             LinkMode::AccountKeySas => Arc::new(AccountKeySasLinker {

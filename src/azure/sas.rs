@@ -82,7 +82,9 @@ impl AccountKeySigner {
         &self.account
     }
 
-    /// The SAS query string (without `?`): permissions `sp`, valid from `start` to `expiry`.
+    /// The SAS query string (without `?`): permissions `sp`, valid from `start` to `expiry`;
+    /// `cache_control` (`rscc`) is the `Cache-Control` Storage answers with. The same arguments
+    /// always give the same bytes.
     pub fn sign(
         &self,
         resource: SasResource<'_>,
@@ -90,6 +92,7 @@ impl AccountKeySigner {
         start: Option<OffsetDateTime>,
         expiry: OffsetDateTime,
         protocol: SasProtocol,
+        cache_control: Option<&str>,
     ) -> String {
         let (canonical, sr) = match resource {
             SasResource::Blob { container, blob } => {
@@ -102,6 +105,7 @@ impl AccountKeySigner {
         let st = start.map(format_time).unwrap_or_default();
         let se = format_time(expiry);
         let spr = protocol.as_str();
+        let rscc = cache_control.unwrap_or_default();
         let string_to_sign = [
             permissions,
             &st,
@@ -114,7 +118,7 @@ impl AccountKeySigner {
             sr,
             "", // snapshot time
             "", // ses: encryption scope
-            "", // rscc
+            rscc,
             "", // rscd
             "", // rsce
             "", // rscl
@@ -134,8 +138,11 @@ impl AccountKeySigner {
             .append_pair("se", &se)
             .append_pair("sr", sr)
             .append_pair("sp", permissions)
-            .append_pair("spr", spr)
-            .append_pair("sig", &sig);
+            .append_pair("spr", spr);
+        if !rscc.is_empty() {
+            query.append_pair("rscc", rscc);
+        }
+        query.append_pair("sig", &sig);
         query.finish()
     }
 }
@@ -178,6 +185,7 @@ mod tests {
             Some(datetime!(2026-11-28 10:00:00 UTC)),
             datetime!(2026-11-28 11:00:00.750 UTC),
             SasProtocol::Https,
+            None,
         );
         assert_eq!(param(&q, "sp").as_deref(), Some("r"));
         assert_eq!(param(&q, "sr").as_deref(), Some("b"));
@@ -198,6 +206,7 @@ mod tests {
             None,
             expiry,
             SasProtocol::HttpsAndHttp,
+            None,
         );
         let sts = format!(
             "l\n\n2030-01-01T00:00:00Z\n/blob/devstoreaccount1/c1\n\n\nhttps,http\n{SAS_VERSION}\nc\n\n\n\n\n\n\n"
@@ -207,6 +216,37 @@ mod tests {
         let expected = B64.encode(mac.finalize().into_bytes());
         assert_eq!(param(&q, "sig").as_deref(), Some(expected.as_str()));
         assert_eq!(sts.split('\n').count(), 16);
+    }
+
+    #[test]
+    fn rscc_is_signed_and_sent() {
+        let sign = |cc: Option<&str>| {
+            signer().sign(
+                SasResource::Blob {
+                    container: "c1",
+                    blob: "a.jpg",
+                },
+                "r",
+                Some(datetime!(2030-01-01 00:00:00 UTC)),
+                datetime!(2030-01-01 01:00:00 UTC),
+                SasProtocol::Https,
+                cc,
+            )
+        };
+        let cc = "public, max-age=2700, immutable";
+        let q = sign(Some(cc));
+        assert_eq!(param(&q, "rscc").as_deref(), Some(cc));
+        assert_eq!(q, sign(Some(cc)), "deterministic");
+        assert!(param(&sign(None), "rscc").is_none());
+        // rscc is the 12th of the 16 fields.
+        let sts = format!(
+            "r\n2030-01-01T00:00:00Z\n2030-01-01T01:00:00Z\n/blob/devstoreaccount1/c1/a.jpg\n\n\nhttps\n{SAS_VERSION}\nb\n\n\n{cc}\n\n\n\n"
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(&B64.decode(AZURITE_KEY).unwrap()).unwrap();
+        mac.update(sts.as_bytes());
+        let expected = B64.encode(mac.finalize().into_bytes());
+        assert_eq!(param(&q, "sig").as_deref(), Some(expected.as_str()));
+        assert_ne!(param(&q, "sig"), param(&sign(None), "sig"));
     }
 
     #[test]

@@ -88,6 +88,14 @@ pub struct LinkSettings {
     pub clock_skew: Duration,
     /// Allow `spr=https,http` (an emulator over plain HTTP). Never against real Azure.
     pub allow_http: bool,
+    /// Signed URLs start and end on windows of the wall clock (UNIX-epoch multiples of this),
+    /// so every replica signs one blob alike for a whole window and browsers and CDNs see one
+    /// URL per blob per window. Zero: each URL is anchored at its signing instant.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// `Cache-Control` Storage answers the image with (the signed `rscc`); `{max_age}` becomes
+    /// the seconds every URL still has left at the end of its window (`lifetime - window`).
+    pub response_cache_control: Option<String>,
 }
 
 impl Default for LinkSettings {
@@ -98,6 +106,8 @@ impl Default for LinkSettings {
             lifetime: Duration::from_secs(3600),
             clock_skew: Duration::from_secs(300),
             allow_http: false,
+            window: Duration::ZERO,
+            response_cache_control: None,
         }
     }
 }
@@ -131,6 +141,13 @@ pub enum CredentialSettings {
     /// The signed-in Azure CLI (development machines).
     AzureCli { tenant_id: Option<String> },
 }
+
+/// How far ahead a user delegation key may be asked to expire (Azure: at most 7 days from now;
+/// a minute less for clocks that differ).
+pub const MAX_KEY_AHEAD: Duration = Duration::from_secs(7 * 24 * 3600 - 60);
+
+/// The placeholder of `links.response_cache_control` for the seconds a URL has left.
+pub const MAX_AGE_PLACEHOLDER: &str = "{max_age}";
 
 /// Whether URLs or listing use the container SAS that AMS hands out.
 pub fn uses_ams_container_sas(storage: &StorageSettings, links: &LinkSettings) -> bool {
@@ -203,6 +220,7 @@ pub(super) fn validate(settings: &Settings) -> Result<(), Invalid> {
     if links.lifetime > MAX_URL_LIFETIME {
         return Err(Invalid::new("links.lifetime", "must be at most 7 days"));
     }
+    validate_window(settings)?;
     if uses_ams_container_sas(storage, links) {
         if !matches!(settings.source, SourceSettings::Ams(_)) {
             return Err(Invalid::new(
@@ -224,6 +242,66 @@ pub(super) fn validate(settings: &Settings) -> Result<(), Invalid> {
             "links.cdn_base",
             "must be an http(s) URL without a query",
         ));
+    }
+    Ok(())
+}
+
+/// `links.window` and `links.response_cache_control`: only for the URLs this service signs, and
+/// a window short enough that every URL handed out keeps `cache.min_validity`.
+fn validate_window(settings: &Settings) -> Result<(), Invalid> {
+    let links = &settings.links;
+    let signs = matches!(
+        links.mode,
+        LinkMode::AccountKeySas | LinkMode::UserDelegationSas
+    );
+    if !links.window.is_zero() {
+        if !signs {
+            return Err(Invalid::new(
+                "links.window",
+                "applies to links.mode = \"account-key-sas\" or \"user-delegation-sas\" only",
+            ));
+        }
+        if links.window.subsec_nanos() != 0 {
+            return Err(Invalid::new(
+                "links.window",
+                "must be whole seconds (SAS times are)",
+            ));
+        }
+        // A URL signed at the end of its window has `lifetime - window` left.
+        if links.lifetime < links.window + settings.cache.min_validity {
+            return Err(Invalid::new(
+                "links.window",
+                "links.lifetime must be at least links.window + cache.min_validity, or a URL \
+                 signed late in its window would be handed out with less than min_validity",
+            ));
+        }
+        if links.mode == LinkMode::UserDelegationSas && links.lifetime > MAX_KEY_AHEAD {
+            return Err(Invalid::new(
+                "links.lifetime",
+                "must be at most 7 days less a minute with links.window in user-delegation-sas \
+                 mode (the window's delegation key must outlast its URLs)",
+            ));
+        }
+    }
+    if let Some(value) = &links.response_cache_control {
+        if !signs {
+            return Err(Invalid::new(
+                "links.response_cache_control",
+                "applies to links.mode = \"account-key-sas\" or \"user-delegation-sas\" only",
+            ));
+        }
+        let rest = value.replace(MAX_AGE_PLACEHOLDER, "");
+        if value.trim().is_empty()
+            || value.len() > 256
+            || !value.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+            || rest.contains(['{', '}'])
+        {
+            return Err(Invalid::new(
+                "links.response_cache_control",
+                "must be a Cache-Control value of at most 256 printable ASCII characters; the \
+                 only placeholder is {max_age}",
+            ));
+        }
     }
     Ok(())
 }

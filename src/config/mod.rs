@@ -33,8 +33,8 @@ pub use auth::{
     ApiKeySettings, AuthMode, AuthSettings, JwtAlgorithm, JwtSettings, RateLimitSettings, Role,
 };
 pub use azure::{
-    CredentialSettings, LinkMode, LinkSettings, StorageAuth, StorageSettings,
-    uses_ams_container_sas,
+    CredentialSettings, LinkMode, LinkSettings, MAX_AGE_PLACEHOLDER, MAX_KEY_AHEAD, StorageAuth,
+    StorageSettings, uses_ams_container_sas,
 };
 pub use cache::{CacheSettings, MAX_URL_LIFETIME, SharedCacheSettings};
 pub use error::{ConfigError, Invalid};

@@ -122,6 +122,59 @@ fn azure_settings_are_checked_together() {
 }
 
 #[test]
+fn link_windows_and_response_cache_control_are_checked() {
+    let load = |auth: &str, links: &str| {
+        Settings::from_toml(&format!(
+            "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\nauth = \"{auth}\"\n\
+             account_key = \"a2V5\"\n[auth]\nallow_anonymous_signed_urls = true\n[links]\n{links}"
+        ))
+    };
+    let signed = |links: &str| {
+        load(
+            "account-key",
+            &format!("mode = \"account-key-sas\"\n{links}"),
+        )
+    };
+    let err = |r: Result<Settings, ConfigError>| r.unwrap_err().to_string();
+
+    let ok = signed(
+        "window = \"15m\"\nresponse_cache_control = \"public, max-age={max_age}, immutable\"\n",
+    )
+    .unwrap();
+    assert_eq!(ok.links.window, Duration::from_secs(900));
+    // Off by default: URLs anchored at each signing, no rscc.
+    let default = signed("").unwrap();
+    assert_eq!(default.links.window, Duration::ZERO);
+    assert_eq!(default.links.response_cache_control, None);
+
+    // lifetime >= window + min_validity (1h and 5m by default).
+    assert!(signed("window = \"55m\"\n").is_ok());
+    assert!(err(signed("window = \"56m\"\n")).contains("links.window"));
+    assert!(
+        err(signed(
+            "window = \"10m\"\nlifetime = \"30m\"\n[cache]\nmin_validity = \"21m\"\n"
+        ))
+        .contains("links.window")
+    );
+    assert!(err(signed("window = \"1500ms\"\n")).contains("whole seconds"));
+    // Only for the URLs this service signs.
+    assert!(
+        err(load("anonymous", "mode = \"public\"\nwindow = \"5m\"\n")).contains("links.window")
+    );
+    assert!(
+        err(load(
+            "anonymous",
+            "mode = \"public\"\nresponse_cache_control = \"public\"\n"
+        ))
+        .contains("links.response_cache_control")
+    );
+    for bad in ["", "  ", "max-age={maxage}", "a\\nb", "caf\u{e9}"] {
+        let e = err(signed(&format!("response_cache_control = \"{bad}\"\n")));
+        assert!(e.contains("links.response_cache_control"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
 fn public_base_url_follows_bound_port() {
     let s = Settings::default();
     let url = s.server.public_base_url("0.0.0.0:4321".parse().unwrap());

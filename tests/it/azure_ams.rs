@@ -386,6 +386,7 @@ fn mint_container_sas(w: &World) {
                 None,
                 expiry,
                 SasProtocol::Https,
+                None,
             );
             vec![format!("{endpoint}/{container}?{sas}")]
         }));

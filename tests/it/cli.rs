@@ -40,6 +40,30 @@ fn check_config_prints_the_effective_configuration() {
 }
 
 #[test]
+fn links_window_is_read_from_the_environment_and_checked() {
+    let check = |window: &str| {
+        command()
+            .args(["check-config", "--config", "config/azurite.toml"])
+            .env("AMS_THUMBNAILS_LINKS__WINDOW", window)
+            .output()
+            .unwrap()
+    };
+    let out = check("15m");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("window = \"15m\""), "{text}");
+    // Longer than lifetime (1h) - min_validity (5m): refused, naming the key.
+    let out = check("1h");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("links.window"), "{err}");
+}
+
+#[test]
 fn invalid_values_fail_start_up_naming_the_key() {
     for (key, value, named) in [
         ("AMS_THUMBNAILS_CACHE__TTL", "whenever", "cache.ttl"),

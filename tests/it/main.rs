@@ -32,3 +32,4 @@ mod resilience;
 mod security;
 mod shared_cache;
 mod shutdown;
+mod stable_links;

@@ -386,3 +386,32 @@ async fn a_redis_that_hangs_delays_a_miss_by_its_timeout_at_most() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_overtaken_by_an_invalidation_is_loaded_again_and_not_stored() {
+    let (az, redis) = tokio::join!(Azurite::start_http(), Redis::start());
+    let client = reqwest::Client::new();
+    let id = uuid::Uuid::new_v4().to_string();
+    seed(&client, &az, &id, 1).await;
+    let rs = Arc::new(replicas(&replica_settings(&az, &redis, ""), 2).await);
+    rs[0].probe.set_delay(Duration::from_millis(400));
+    let slow = {
+        let (rs, id) = (rs.clone(), id.clone());
+        tokio::spawn(async move { thumbnails(&rs[0], &id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Replica 0 holds the lock and is mid-load: the invalidation takes the lock away.
+    invalidate(&rs[1], &id).await;
+    let (status, _) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        rs[0].probe.locates.load(Ordering::SeqCst),
+        2,
+        "loaded again"
+    );
+    let exists = redis.cli(&["EXISTS", &format!("test:e:{id}")]).await;
+    assert!(
+        exists.contains('0'),
+        "the overtaken load stored nothing: {exists}"
+    );
+}

@@ -417,3 +417,92 @@ impl SharedTier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn notices_read_back_what_was_sent() {
+        for notice in [
+            Notice::Loaded("a:b".into()),
+            Notice::Invalidated("vidéo 1".into()),
+            Notice::Container("acct/asset-1".into()),
+            Notice::Everything,
+        ] {
+            assert_eq!(Notice::parse(notice.payload().as_bytes()), Some(notice));
+        }
+        for junk in [&b""[..], b"x", b"q:1", b"\xff\xfe"] {
+            assert_eq!(Notice::parse(junk), None);
+        }
+    }
+
+    #[test]
+    fn settings_become_a_tier_or_a_named_error() {
+        let mut settings = SharedCacheSettings::default();
+        assert!(
+            SharedTier::new(&settings).unwrap().is_none(),
+            "no URL, no tier"
+        );
+        settings.url = Some(Secret::new("redis://127.0.0.1:6379/2"));
+        settings.password = Some(Secret::new("from-a-file"));
+        let tier = SharedTier::new(&settings).unwrap().unwrap();
+        assert_eq!(tier.channel, "ams-thumbnails:notices");
+        assert_eq!(tier.key("e", "x"), "ams-thumbnails:e:x");
+        settings.url = Some(Secret::new("redis://[::1"));
+        let err = SharedTier::new(&settings).unwrap_err();
+        assert_eq!(err.key, "cache.shared.url");
+        assert!(!err.message.contains("::1"), "the URL is not echoed: {err}");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let ok = SharedCacheSettings {
+            url: Some(Secret::new("rediss://cache.example:6380")),
+            ..Default::default()
+        };
+        assert!(ok.validate().is_ok());
+        let bad = [
+            (
+                SharedCacheSettings {
+                    url: Some(Secret::new("http://x")),
+                    ..ok.clone()
+                },
+                "cache.shared.url",
+            ),
+            (
+                SharedCacheSettings {
+                    url: None,
+                    password: Some(Secret::new("p")),
+                    ..ok.clone()
+                },
+                "cache.shared.password",
+            ),
+            (
+                SharedCacheSettings {
+                    key_prefix: String::new(),
+                    ..ok.clone()
+                },
+                "cache.shared.key_prefix",
+            ),
+            (
+                SharedCacheSettings {
+                    timeout: Duration::ZERO,
+                    ..ok.clone()
+                },
+                "cache.shared.timeout",
+            ),
+            (
+                SharedCacheSettings {
+                    lock_ttl: Duration::from_millis(10),
+                    ..ok.clone()
+                },
+                "cache.shared.lock_ttl",
+            ),
+        ];
+        for (settings, key) in bad {
+            assert_eq!(settings.validate().unwrap_err().key, key);
+        }
+    }
+}

@@ -128,9 +128,16 @@ impl Inner {
                 if px > 0 {
                     let bytes = wire::encode(&entry, clocks);
                     let keep_set = self.policy.ttl + self.policy.max_stale;
-                    let _ = tier
+                    let stored = tier
                         .put(id.as_str(), &bytes, px, fence, origin.as_deref(), keep_set)
                         .await;
+                    if let Ok(false) = stored {
+                        // The lock was taken away while loading: an invalidation (or a load
+                        // slower than `lock_ttl`). What was loaded may predate the change, so
+                        // it is loaded again and not stored (the next miss stores).
+                        metrics::counter!("shared_cache_fenced_out_total").increment(1);
+                        return self.load_from_source(id).await;
+                    }
                 } else {
                     tier.unlock(id.as_str(), fence).await;
                 }

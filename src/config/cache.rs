@@ -47,6 +47,9 @@ pub struct SharedCacheSettings {
     pub password: Option<Secret>,
     /// File holding the password (a mounted secret).
     pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for `rediss://` instead of the system's roots (a private
+    /// CA).
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key and of the channel, so that services can share one Redis.
     pub key_prefix: String,
     /// Longest one Redis call may take before the tier counts as down for a moment and the
@@ -68,6 +71,7 @@ impl Default for SharedCacheSettings {
             url: None,
             password: None,
             password_file: None,
+            ca_file: None,
             key_prefix: "ams-thumbnails:".into(),
             timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(1),
@@ -85,6 +89,12 @@ impl SharedCacheSettings {
                 return Err(Invalid::new(
                     key("url"),
                     "must be a redis:// or rediss:// URL",
+                ));
+            }
+            if self.ca_file.is_some() && !url.expose().starts_with("rediss://") {
+                return Err(Invalid::new(
+                    key("ca_file"),
+                    "is only used with a rediss:// URL",
                 ));
             }
         } else if self.password.is_some() {

@@ -415,3 +415,51 @@ async fn a_load_overtaken_by_an_invalidation_is_loaded_again_and_not_stored() {
         "the overtaken load stored nothing: {exists}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca_and_a_password_file() {
+    let pki = support::tls::shared();
+    let (az, redis) = tokio::join!(Azurite::start_http(), Redis::start_tls(pki, "s3cret-pw"));
+    let client = reqwest::Client::new();
+    let id = uuid::Uuid::new_v4().to_string();
+    seed(&client, &az, &id, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, "s3cret-pw\n").unwrap();
+    let extra = format!(
+        "password_file = \"{}\"\nca_file = \"{}\"\n",
+        password_file.display(),
+        pki.ca_pem.display()
+    );
+    let rs = replicas(&replica_settings(&az, &redis, &extra), 2).await;
+    for r in &rs {
+        assert_eq!(count(&thumbnails(r, &id).await.1), 2);
+    }
+    assert_eq!(
+        total(&rs, |p| p.lists.load(Ordering::SeqCst)),
+        1,
+        "shared over TLS"
+    );
+    assert!(
+        redis
+            .cli(&["EXISTS", &format!("test:e:{id}")])
+            .await
+            .contains('1')
+    );
+
+    // Without the CA the server's certificate is not trusted: the tier is degraded, the
+    // replica answers all the same.
+    let untrusted = replica_settings(
+        &az,
+        &redis,
+        &format!("password_file = \"{}\"\n", password_file.display()),
+    );
+    let r = TestServer::start(untrusted).await;
+    assert_eq!(count(&thumbnails(&r, &id).await.1), 2);
+    assert_eq!(shared_status(&r).await.as_deref(), Some("degraded"));
+    // A wrong password: the same.
+    std::fs::write(&password_file, "wrong").unwrap();
+    let r = TestServer::start(replica_settings(&az, &redis, &extra)).await;
+    assert_eq!(count(&thumbnails(&r, &id).await.1), 2);
+    assert_eq!(shared_status(&r).await.as_deref(), Some("degraded"));
+}

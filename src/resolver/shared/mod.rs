@@ -161,7 +161,23 @@ impl SharedTier {
                 .set_password(password.expose());
             info = info.set_redis_settings(redis);
         }
-        let client = Client::open(info).map_err(|_| invalid("cannot be used"))?;
+        let client = match &settings.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    Invalid::new(
+                        "cache.shared.ca_file",
+                        format!("cannot read {}: {}", path.display(), e.kind()),
+                    )
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                Client::build_with_tls(info, certificates)
+                    .map_err(|_| Invalid::new("cache.shared.ca_file", "not a PEM CA certificate"))?
+            }
+            None => Client::open(info).map_err(|_| invalid("cannot be used"))?,
+        };
         Ok(Some(Self {
             client,
             manager: OnceLock::new(),

@@ -11,10 +11,28 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// TLS only (`--tls-port`, `--port 0`): the test PKI's CA, certificate and key.
+    tls: Option<[std::path::PathBuf; 3]>,
+    /// `--requirepass`.
+    password: Option<String>,
 }
 
 impl Redis {
     pub async fn start() -> Self {
+        Self::start_with(None, None).await
+    }
+
+    /// TLS only, on the certificate of `pki`, and a password.
+    pub async fn start_tls(pki: &super::tls::TestPki, password: &str) -> Self {
+        let files = [
+            pki.ca_pem.clone(),
+            pki.cert_pem.clone(),
+            pki.key_pem.clone(),
+        ];
+        Self::start_with(Some(files), Some(password.to_owned())).await
+    }
+
+    async fn start_with(tls: Option<[std::path::PathBuf; 3]>, password: Option<String>) -> Self {
         for _ in 0..5 {
             let mut redis = Self {
                 port: free_port(),
@@ -23,6 +41,8 @@ impl Redis {
                     .prefix("ams-thumbnails-redis-")
                     .tempdir()
                     .expect("temp dir for redis"),
+                tls: tls.clone(),
+                password: password.clone(),
             };
             if redis.launch().await {
                 return redis;
@@ -31,17 +51,50 @@ impl Redis {
         panic!("redis-server did not start on any port tried");
     }
 
-    /// `redis://127.0.0.1:P`.
+    /// `redis://127.0.0.1:P` (`rediss://localhost:P` with TLS; no password in it).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// What every `redis-server` / `redis-cli` call of this server needs besides the port.
+    fn connection_args(&self, server: bool) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some([ca, cert, key]) = &self.tls {
+            let path = |p: &std::path::PathBuf| p.display().to_string();
+            if server {
+                args.extend(["--port".into(), "0".into(), "--tls-port".into()]);
+                args.push(self.port.to_string());
+                args.extend(["--tls-auth-clients".into(), "no".into()]);
+                args.extend(["--tls-cert-file".into(), path(cert)]);
+                args.extend(["--tls-key-file".into(), path(key)]);
+                args.extend(["--tls-ca-cert-file".into(), path(ca)]);
+            } else {
+                args.extend(["--tls".into(), "--cacert".into(), path(ca)]);
+                args.extend(["-p".into(), self.port.to_string()]);
+            }
+        } else if server {
+            args.extend(["--port".into(), self.port.to_string()]);
+        } else {
+            args.extend(["-p".into(), self.port.to_string()]);
+        }
+        if let Some(password) = &self.password {
+            args.push(if server { "--requirepass" } else { "-a" }.into());
+            args.push(password.clone());
+            if !server {
+                args.push("--no-auth-warning".into());
+            }
+        }
+        args
     }
 
     async fn launch(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = Command::new("redis-server")
+            .args(self.connection_args(true))
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -111,7 +164,7 @@ impl Redis {
     /// `redis-cli` against this server; its output (RESP read as text).
     pub async fn cli(&self, args: &[&str]) -> String {
         let mut command = tokio::process::Command::new("redis-cli");
-        command.args(["-p", &self.port.to_string(), "--no-raw"]);
+        command.args(self.connection_args(false)).arg("--no-raw");
         command.args(args);
         match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
             Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -122,7 +175,7 @@ impl Redis {
     /// `redis-cli --raw`: values as they are stored.
     pub async fn raw(&self, args: &[&str]) -> Vec<u8> {
         let mut command = tokio::process::Command::new("redis-cli");
-        command.args(["-p", &self.port.to_string(), "--raw"]);
+        command.args(self.connection_args(false)).arg("--raw");
         command.args(args);
         match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
             Ok(Ok(out)) => out.stdout,

@@ -463,3 +463,37 @@ async fn rediss_with_a_private_ca_and_a_password_file() {
     assert_eq!(count(&thumbnails(&r, &id).await.1), 2);
     assert_eq!(shared_status(&r).await.as_deref(), Some("degraded"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_died_holding_a_lock_delays_the_others_until_its_expiry_only() {
+    let (az, redis) = tokio::join!(Azurite::start_http(), Redis::start());
+    let client = reqwest::Client::new();
+    let id = uuid::Uuid::new_v4().to_string();
+    seed(&client, &az, &id, 1).await;
+    let rs = replicas(&replica_settings(&az, &redis, "lock_ttl = \"2s\"\n"), 2).await;
+    // The lock a replica took just before it died: never released, gone after its PX.
+    let lock = format!("test:l:{id}");
+    assert!(
+        redis
+            .cli(&["SET", &lock, "dead-replica-7", "NX", "PX", "1500"])
+            .await
+            .contains("OK")
+    );
+    let started = Instant::now();
+    let ((a, _), (b, _)) = tokio::join!(thumbnails(&rs[0], &id), thumbnails(&rs[1], &id));
+    let waited = started.elapsed();
+    assert_eq!((a, b), (200, 200));
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "the lock was honoured: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "and not much longer: {waited:?}"
+    );
+    assert_eq!(
+        total(&rs, |p| p.locates.load(Ordering::SeqCst)),
+        1,
+        "then loaded once"
+    );
+}

@@ -34,11 +34,25 @@ fn describe(error: &figment::Error) -> String {
         .clone()
         .into_iter()
         .map(|e| {
+            let mut path = e.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                path.push(field.clone());
+            }
             let key = e.path.join(".").to_lowercase();
             let source = e
                 .metadata
                 .as_ref()
-                .map(|m| format!(" (from {})", m.name))
+                .map(|m| match &m.source {
+                    // A file: its path.
+                    Some(source) => format!(" (from {} {source})", m.name),
+                    // The environment: the very variable, when the key is known.
+                    None if !path.is_empty() && m.name.contains("environment") => format!(
+                        " (from environment variable {}{})",
+                        super::ENV_PREFIX,
+                        path.join("__").to_uppercase()
+                    ),
+                    None => format!(" (from {})", m.name),
+                })
                 .unwrap_or_default();
             if key.is_empty() {
                 format!("{}{source}", e.kind)

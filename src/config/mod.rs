@@ -16,6 +16,7 @@ mod azure;
 mod cache;
 mod error;
 mod jobs;
+mod layers;
 mod log;
 mod recognition;
 mod server;
@@ -56,6 +57,16 @@ pub const ENV_PREFIX: &str = "AMS_THUMBNAILS_";
 pub const CONFIG_PATH_ENV: &str = "AMS_THUMBNAILS_CONFIG";
 /// The file read when neither `--config` nor `AMS_THUMBNAILS_CONFIG` names one (if it exists).
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+/// `--config none` / `AMS_THUMBNAILS_CONFIG=none`: no file, only defaults and the environment.
+pub const NO_FILE: &str = "none";
+
+/// `source.kind` as a TOML file sets it (lower-case), if it does.
+fn source_kind_in(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: toml::Table = text.parse().ok()?;
+    let kind = value.get("source")?.get("kind")?.as_str()?;
+    Some(kind.to_ascii_lowercase())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -99,28 +110,37 @@ fn defaults() -> serde_json::Value {
 
 impl Settings {
     /// Loads settings: defaults <- `path` (or `AMS_THUMBNAILS_CONFIG`, or `config/default.toml` if
-    /// present) <- environment.
+    /// present) <- environment. [`NO_FILE`] as the path loads no file at all.
+    ///
+    /// A layer that sets `source.kind` to another kind than a layer below drops that layer's
+    /// whole `[source]` table: the sample file's local `root` must not leak into the storage
+    /// source that the environment asks for.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let env_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
-        let mut figment = Figment::from(Serialized::defaults(defaults()));
-        match path.map(Path::to_path_buf).or(env_path) {
-            // An explicitly named file must exist.
+        let file = match path.map(Path::to_path_buf).or(env_path) {
+            Some(p) if p.as_os_str() == NO_FILE => None,
+            // An explicitly named file must exist (`/dev/null` does: an empty file).
             Some(p) => {
-                if !p.is_file() {
+                if !p.exists() || p.is_dir() {
                     return Err(Invalid::new(
                         CONFIG_PATH_ENV,
                         format!("configuration file {} does not exist", p.display()),
                     )
                     .into());
                 }
-                figment = figment.merge(Toml::file_exact(p));
+                Some(p)
             }
-            None => {
-                let default = Path::new(DEFAULT_CONFIG_PATH);
-                if default.is_file() {
-                    figment = figment.merge(Toml::file_exact(default));
-                }
-            }
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(defaults()));
+        if let Some(p) = file {
+            let env_kind = std::env::var(format!("{ENV_PREFIX}SOURCE__KIND")).ok();
+            let file_kind = source_kind_in(&p);
+            let layer = layers::WithoutSource {
+                inner: Toml::file_exact(&p),
+                drop: env_kind.is_some_and(|k| Some(k.to_ascii_lowercase()) != file_kind),
+            };
+            figment = figment.merge(layer);
         }
         Self::from_figment(figment.merge(Self::env()))
     }
@@ -139,7 +159,9 @@ impl Settings {
     }
 
     fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let mut settings: Settings = figment.extract().map_err(Box::new)?;
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| Box::new(layers::blame(&figment, e)))?;
         settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)

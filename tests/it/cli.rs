@@ -191,3 +191,87 @@ fn serves_and_exits_cleanly_on_sigterm() {
     assert_eq!(entry["span"]["path"], "/assets/builtin-preset/thumbnails");
     assert_eq!(entry["span"]["request_id"].as_str().unwrap().len(), 36);
 }
+
+/// From the repo root (where `config/default.toml` serves the samples), the environment alone
+/// chooses another source: the file's `[source]` (a local `root`) does not leak into it.
+#[test]
+fn the_environment_alone_configures_another_source_from_the_repo_root() {
+    let out = command()
+        .args(["check-config"])
+        .env("AMS_THUMBNAILS_SOURCE__KIND", "storage")
+        .env("AMS_THUMBNAILS_STORAGE__ACCOUNT", "mediaarchive")
+        .env("AMS_THUMBNAILS_STORAGE__AUTH", "account-key")
+        .env("AMS_THUMBNAILS_STORAGE__ACCOUNT_KEY", "a2V5")
+        .env("AMS_THUMBNAILS_LINKS__MODE", "account-key-sas")
+        .env("AMS_THUMBNAILS_AUTH__ALLOW_ANONYMOUS_SIGNED_URLS", "true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("kind = \"storage\""), "{text}");
+    assert!(!text.contains("root = "), "{text}");
+    assert!(
+        text.contains("container_template = \"asset-{assetId}\""),
+        "{text}"
+    );
+    // The file's other sections still apply (its recognition patterns).
+    assert!(text.contains("Thumbnail{Index}{Extension}"), "{text}");
+}
+
+#[test]
+fn no_file_at_all_with_none_or_dev_null() {
+    for config in ["none", "/dev/null"] {
+        let out = command()
+            .args(["check-config"])
+            .env("AMS_THUMBNAILS_CONFIG", config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{config}: {stderr}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        // The built-in defaults, not the sample file's (it listens on 127.0.0.1:8080 and
+        // sets `request_timeout = "30s"` like the defaults, but names `root = "samples"`).
+        assert!(text.contains("kind = \"local\""), "{config}: {text}");
+    }
+    let out = command()
+        .args(["--config", "none", "check-config"])
+        .env("AMS_THUMBNAILS_CACHE__TTL", "2m")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ttl = \"2m\""));
+}
+
+#[test]
+fn an_error_names_the_file_or_the_variable_that_set_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[source]\nkind = \"storage\"\ncontainer_tempalte = \"asset-{assetId}\"\n",
+    )
+    .unwrap();
+    // The typo is the file's, though the environment touched `[source]` too.
+    let out = command()
+        .args(["--config", file.to_str().unwrap(), "check-config"])
+        .env("AMS_THUMBNAILS_SOURCE__KIND", "storage")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("container_tempalte"), "{stderr}");
+    assert!(stderr.contains(file.to_str().unwrap()), "{stderr}");
+    assert!(!stderr.contains("environment"), "{stderr}");
+    // A variable's mistake names that variable.
+    let out = command()
+        .args(["check-config"])
+        .env("AMS_THUMBNAILS_CACHE__TTL", "soon")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("environment variable AMS_THUMBNAILS_CACHE__TTL"),
+        "{stderr}"
+    );
+}

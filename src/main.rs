@@ -94,7 +94,8 @@ async fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server.run_until(server::shutdown_signal()).await {
+    let shutdown = server::shutdown_after_delay(server.state().clone());
+    match server.run_until(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -22,6 +22,11 @@ pub struct ServerSettings {
     /// How long in-flight requests may run on after SIGTERM/SIGINT before the process exits.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the service keeps accepting and answering while `/readyz`
+    /// fails, before it drains: the time a load balancer (Kubernetes endpoints) takes to stop
+    /// sending it requests. SIGINT (Ctrl-C) skips it.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
     /// Requests handled at once; more wait in a queue (health and metrics routes are exempt).
     pub max_concurrent_requests: usize,
     /// Requests allowed to wait; past this, `503 overloaded` at once instead of a slow timeout.
@@ -62,6 +67,7 @@ impl Default for ServerSettings {
             public_base_url: None,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            shutdown_delay: Duration::from_secs(5),
             max_concurrent_requests: 1024,
             max_queued_requests: 2048,
             queue_timeout: Duration::from_secs(5),
@@ -77,6 +83,9 @@ impl Default for ServerSettings {
 
 impl ServerSettings {
     pub fn validate(&self) -> Result<(), Invalid> {
+        if self.shutdown_delay > Duration::from_secs(300) {
+            return Err(Invalid::new("server.shutdown_delay", "must be at most 5m"));
+        }
         if let Some(url) = &self.public_base_url {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
                 return Err(Invalid::new(

@@ -95,14 +95,28 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             }),
         });
     }
+    if state.is_draining() {
+        checks.push(Check {
+            name: "shutdown".into(),
+            required: true,
+            status: "down",
+            latency_ms: 0,
+            detail: Some("shutting down: finishing requests, taking no new ones soon".into()),
+        });
+    }
     let ready = checks.iter().all(|c| !c.required || c.status == "up");
+    let degraded = checks.iter().any(|c| c.status != "up");
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Readiness {
-        status: if ready { "ready" } else { "unavailable" },
+        status: match (ready, degraded) {
+            (false, _) => "unavailable",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
         checks,
     };
     (status, [NO_STORE], Json(body)).into_response()

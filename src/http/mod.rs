@@ -68,6 +68,8 @@ pub struct AppParts {
     pub api: ApiSettings,
     pub server: ServerSettings,
     pub bench: BenchSettings,
+    /// Set on SIGTERM (see [`AppState::start_draining`]).
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Deref for AppState {
@@ -80,6 +82,17 @@ impl Deref for AppState {
 impl AppState {
     pub fn new(parts: AppParts) -> Self {
         Self(Arc::new(parts))
+    }
+
+    /// From now on `/readyz` fails (`draining`), while everything else still answers: the
+    /// load balancer takes this replica out before it stops accepting.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

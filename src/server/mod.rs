@@ -118,8 +118,33 @@ impl Server {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Completes when the server should stop accepting: at once on SIGINT (Ctrl-C); on SIGTERM
+/// (Kubernetes, Docker) after `server.shutdown_delay`, during which `/readyz` fails while
+/// requests are still accepted and answered (endpoint removal takes that long to reach every
+/// load balancer; no `preStop: sleep` is needed).
+pub async fn shutdown_after_delay(state: AppState) {
+    if shutdown_signal().await == Signal::Terminate {
+        let delay = state.server.shutdown_delay;
+        if !delay.is_zero() {
+            state.start_draining();
+            tracing::info!(
+                delay_s = delay.as_secs_f64(),
+                "SIGTERM: readiness fails; still answering until the delay is over"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Which signal asked the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), saying which.
+pub async fn shutdown_signal() -> Signal {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -135,7 +160,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        _ = ctrl_c => Signal::Interrupt,
+        _ = term => Signal::Terminate,
     }
 }

@@ -430,8 +430,10 @@ impl HealthCheck for MkioCatalog {
         "mkio"
     }
 
+    /// An upstream every replica shares: its outage is reported, never a reason to take this
+    /// replica out of the load balancer (cached answers are still served, stale ones too).
     fn required(&self) -> bool {
-        true
+        false
     }
 
     async fn check(&self) -> Result<(), String> {

@@ -131,7 +131,8 @@ pub trait Linker: Send + Sync {
 #[async_trait]
 pub trait HealthCheck: Send + Sync {
     fn name(&self) -> &str;
-    /// Whether the service is unusable while this dependency is down.
+    /// Whether this replica cannot answer while this dependency is down (its own disk; not an
+    /// upstream that every replica shares).
     fn required(&self) -> bool;
     async fn check(&self) -> Result<(), String>;
 }

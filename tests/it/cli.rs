@@ -153,6 +153,7 @@ fn serves_and_exits_cleanly_on_sigterm() {
     let mut child = command()
         .args(["serve"])
         .env("AMS_THUMBNAILS_SERVER__LISTEN", "127.0.0.1:0")
+        .env("AMS_THUMBNAILS_SERVER__SHUTDOWN_DELAY", "1500ms")
         .env("AMS_THUMBNAILS_LOG__FORMAT", "json")
         .stderr(Stdio::piped())
         .spawn()
@@ -178,9 +179,41 @@ fn serves_and_exits_cleanly_on_sigterm() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
+    // During `server.shutdown_delay`: readiness fails, new connections still get answers.
+    let (ready, asset) = rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fresh = || {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+        };
+        let ready = fresh()
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        let ready = (ready.status().as_u16(), ready.text().await.unwrap());
+        let asset = fresh()
+            .get(format!("http://{addr}/assets/builtin-preset/thumbnails"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        (ready, asset)
+    });
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert!(ready.1.contains("\"shutdown\""), "{}", ready.1);
+    assert_eq!(asset, 200, "still answering");
     let exit = child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
     // Every log line is JSON and carries the request id inside a request.
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let request_line = rest

@@ -8,7 +8,7 @@
 //! `cache_refresh_failures_total`, `cache_evictions_total` (cause), `cache_entries`,
 //! `cache_bytes`; `storyboard_read_failures_total` (reason);
 //! `upstream_requests_total` / `upstream_request_duration_seconds` (backend, operation,
-//! outcome).
+//! outcome); `storage_events_total` (type), `storage_event_invalidations_total` (scope).
 
 use std::sync::OnceLock;
 

@@ -151,19 +151,19 @@ pub struct JwtSettings {
     pub jwks_cache_ttl: Duration,
 }
 
-fn default_algorithms() -> Vec<JwtAlgorithm> {
+pub(super) fn default_algorithms() -> Vec<JwtAlgorithm> {
     vec![JwtAlgorithm::Rs256]
 }
 
-fn default_leeway() -> Duration {
+pub(super) fn default_leeway() -> Duration {
     Duration::from_secs(60)
 }
 
-fn default_cooldown() -> Duration {
+pub(super) fn default_cooldown() -> Duration {
     Duration::from_secs(300)
 }
 
-fn default_cache_ttl() -> Duration {
+pub(super) fn default_cache_ttl() -> Duration {
     Duration::from_secs(3600)
 }
 

@@ -15,6 +15,7 @@ mod auth;
 mod azure;
 mod cache;
 mod error;
+mod events;
 mod jobs;
 mod layers;
 mod log;
@@ -39,6 +40,9 @@ pub use azure::{
 };
 pub use cache::{CacheSettings, MAX_URL_LIFETIME, SharedCacheSettings};
 pub use error::{ConfigError, Invalid};
+pub use events::{
+    EVENT_GRID_ROLE, EventsEntraSettings, EventsSettings, MIN_SECRET_LEN, SECRET_PARAMETER,
+};
 pub use jobs::{GenerateDefaults, JobSettings};
 pub use log::{LogFormat, LogSettings};
 pub use recognition::{LayerSize, RecognitionSettings, Timing};
@@ -95,6 +99,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// Benchmark aids (bench/run); off by default.
     pub bench: BenchSettings,
+    /// `POST /events/storage`: Event Grid deliveries of Blob Storage events; off by default.
+    pub events: EventsSettings,
 }
 
 /// Built-in defaults as a figment layer. `source` is left out: its variant is chosen by
@@ -188,6 +194,12 @@ impl Settings {
             }
             self.cache.shared.password = Some(read("cache.shared.password_file", &path)?);
         }
+        if let Some(path) = self.events.secret_file.clone() {
+            if self.events.secret.is_some() {
+                return Err(both("events.secret_file"));
+            }
+            self.events.secret = Some(read("events.secret_file", &path)?);
+        }
         if let Some(CredentialSettings::ClientSecret {
             client_secret,
             client_secret_file,
@@ -222,6 +234,7 @@ impl Settings {
         self.cache.validate()?;
         self.recognition.validate()?;
         self.source.validate()?;
+        self.events.validate(self.auth.jwt.as_ref())?;
         // A batch is charged one allowance per distinct id: a burst smaller than the batch
         // limit would refuse every full batch.
         if self.rate_limit.requests_per_second > 0.0

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::events::EventsGuard;
 use super::problem::{Kind, Problem};
 use super::rate_limit::{AuthFailures, RateLimiter};
 use super::routes::Access;
@@ -70,11 +71,19 @@ pub struct Guard {
     ops: AuthMode,
     limiter: Option<RateLimiter>,
     failures: Option<AuthFailures>,
+    /// `Access::Events`: the events route's own credentials.
+    events: EventsGuard,
 }
 
 impl Guard {
-    /// API keys, and Entra ID bearer tokens when `jwt` is given.
-    pub fn new(auth: &AuthSettings, rate: &RateLimitSettings, jwt: Option<JwtValidator>) -> Self {
+    /// API keys, and Entra ID bearer tokens when `jwt` is given; `events` checks the events
+    /// route.
+    pub fn new(
+        auth: &AuthSettings,
+        rate: &RateLimitSettings,
+        jwt: Option<JwtValidator>,
+        events: EventsGuard,
+    ) -> Self {
         let keys = auth
             .api_keys
             .iter()
@@ -94,6 +103,7 @@ impl Guard {
             ops: auth.ops,
             limiter: RateLimiter::new(rate),
             failures: AuthFailures::new(rate),
+            events,
         }
     }
 
@@ -127,7 +137,7 @@ fn presented_key(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn unauthorized(detail: &str) -> Response {
+pub(crate) fn unauthorized(detail: &str) -> Response {
     let mut response = Problem::new(Kind::Unauthorized, detail).into_response();
     response.headers_mut().insert(
         header::WWW_AUTHENTICATE,
@@ -138,7 +148,7 @@ fn unauthorized(detail: &str) -> Response {
 
 /// RFC 6750 challenge for a token that was refused (`error` is `invalid_token` or
 /// `insufficient_scope`); `description` is one of the fixed, token-free reasons.
-fn bearer_challenge(mut response: Response, error: &str, description: &str) -> Response {
+pub(crate) fn bearer_challenge(mut response: Response, error: &str, description: &str) -> Response {
     let value = format!(
         "Bearer realm=\"ams-thumbnails\", error=\"{error}\", error_description=\"{description}\""
     );
@@ -190,10 +200,17 @@ impl Guard {
     /// bearer token to validate.
     pub(crate) fn check(&self, request: &mut Request, access: Access) -> Check {
         let addr = client_addr(request);
+        if access == Access::Events && !self.events.enabled() {
+            return self.events.check(request);
+        }
         if let Some(refused) = self.blocked(addr, access) {
             return refused;
         }
-        let check = self.decide(request, access);
+        let check = if access == Access::Events {
+            self.events.check(request)
+        } else {
+            self.decide(request, access)
+        };
         self.count_failure(addr, &check);
         check
     }
@@ -244,6 +261,18 @@ impl Guard {
 
     /// The whole decision, bearer tokens included (never [`Check::Token`]).
     pub(crate) async fn check_async(&self, request: &mut Request, access: Access) -> Check {
+        if access == Access::Events {
+            let addr = client_addr(request);
+            if let Some(refused) = self.blocked(addr, access) {
+                return refused;
+            }
+            let check = match self.events.token(request) {
+                Some(token) => self.events.validate(&token).await,
+                None => self.events.check(request),
+            };
+            self.count_failure(addr, &check);
+            return check;
+        }
         let Credential::Token(token) = self.credential(request) else {
             return self.check(request, access);
         };
@@ -302,6 +331,8 @@ impl Guard {
             Access::Ops => (self.ops == AuthMode::ApiKey).then_some(Role::Ops),
             Access::Api => (self.api == AuthMode::ApiKey).then_some(Role::Api),
             Access::Admin => Some(Role::Admin),
+            // Checked by the events guard, never here; the strictest role if it ever were.
+            Access::Events => Some(Role::Admin),
         };
         if let Some(role) = needed {
             match &identity {

@@ -3,7 +3,9 @@
 //! tower-http's layer answers every preflight itself, `200` with an empty body, and shows a
 //! refusal only by leaving `Access-Control-Allow-Origin` out. A preflight from an origin that
 //! is not listed is answered here instead, before that layer: `403 origin-not-allowed` as a
-//! problem document, like every other refusal.
+//! problem document, like every other refusal. An `OPTIONS` that is no preflight but a
+//! CloudEvents webhook handshake (`WebHook-Request-Origin`, no `Access-Control-Request-Method`)
+//! passes the layer by, to the routes (`/events/storage` answers it).
 
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +14,8 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use futures::future::{Either, Ready, ready};
-use tower::{Layer, Service};
+use tower::util::Oneshot;
+use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::REQUEST_ID;
@@ -65,11 +68,12 @@ pub struct Cors {
     listed: Option<std::sync::Arc<[HeaderValue]>>,
 }
 
-impl<S> Layer<S> for Cors {
+impl<S: Clone> Layer<S> for Cors {
     type Service = CorsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
         CorsService {
-            inner: self.cors.layer(inner),
+            inner: self.cors.layer(inner.clone()),
+            plain: inner,
             listed: self.listed.clone(),
         }
     }
@@ -78,7 +82,20 @@ impl<S> Layer<S> for Cors {
 #[derive(Clone)]
 pub struct CorsService<S> {
     inner: tower_http::cors::Cors<S>,
+    /// The same service without CORS, for webhook handshakes.
+    plain: S,
     listed: Option<std::sync::Arc<[HeaderValue]>>,
+}
+
+static WEBHOOK_REQUEST_ORIGIN: HeaderName = HeaderName::from_static("webhook-request-origin");
+
+/// An `OPTIONS` asking a webhook's consent (CloudEvents abuse protection), not a preflight.
+fn is_webhook_handshake(request: &Request) -> bool {
+    request.method() == Method::OPTIONS
+        && request.headers().contains_key(&WEBHOOK_REQUEST_ORIGIN)
+        && !request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 impl<S> CorsService<S> {
@@ -104,13 +121,14 @@ impl<S> CorsService<S> {
 
 impl<S> Service<Request> for CorsService<S>
 where
-    tower_http::cors::Cors<S>: Service<Request, Response = Response>,
+    S: Service<Request, Response = Response> + Clone,
+    tower_http::cors::Cors<S>: Service<Request, Response = Response, Error = S::Error>,
 {
     type Response = Response;
     type Error = <tower_http::cors::Cors<S> as Service<Request>>::Error;
     type Future = Either<
         Ready<Result<Response, Self::Error>>,
-        <tower_http::cors::Cors<S> as Service<Request>>::Future,
+        Either<<tower_http::cors::Cors<S> as Service<Request>>::Future, Oneshot<S, Request>>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -132,6 +150,9 @@ where
             );
             return Either::Left(ready(Ok(response)));
         }
-        Either::Right(self.inner.call(request))
+        if is_webhook_handshake(&request) {
+            return Either::Right(Either::Right(self.plain.clone().oneshot(request)));
+        }
+        Either::Right(Either::Left(self.inner.call(request)))
     }
 }

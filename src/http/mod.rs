@@ -7,6 +7,7 @@ mod batch;
 mod body;
 mod cors;
 mod demo;
+pub mod events;
 mod gate;
 mod health;
 mod jobs;

@@ -25,6 +25,7 @@ pub enum Kind {
     NoThumbnails,
     NoStoryboard,
     InvalidBody,
+    MalformedEvent,
     PayloadTooLarge,
     UnsupportedMediaType,
     FileNotFound,
@@ -63,6 +64,7 @@ impl Kind {
             Kind::NoThumbnails => "no-thumbnails",
             Kind::NoStoryboard => "no-storyboard",
             Kind::InvalidBody => "invalid-body",
+            Kind::MalformedEvent => "malformed-event",
             Kind::PayloadTooLarge => "payload-too-large",
             Kind::UnsupportedMediaType => "unsupported-media-type",
             Kind::FileNotFound => "file-not-found",
@@ -96,6 +98,7 @@ impl Kind {
             Kind::InvalidAssetId
             | Kind::InvalidParameter
             | Kind::InvalidBody
+            | Kind::MalformedEvent
             | Kind::MalformedRequest => StatusCode::BAD_REQUEST,
             Kind::AssetNotFound
             | Kind::ThumbnailNotFound
@@ -136,6 +139,7 @@ impl Kind {
             Kind::NoThumbnails => "Asset has no thumbnails",
             Kind::NoStoryboard => "Asset has no storyboard",
             Kind::InvalidBody => "Invalid request body",
+            Kind::MalformedEvent => "Malformed event delivery",
             Kind::PayloadTooLarge => "Request body too large",
             Kind::UnsupportedMediaType => "Unsupported media type",
             Kind::FileNotFound => "File not found",

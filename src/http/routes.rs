@@ -11,13 +11,13 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, get_service, post};
+use axum::routing::{MethodRouter, delete, get, get_service, options, post};
 use tower::service_fn;
 use tower_http::services::ServeDir;
 use tower_http::services::fs::ServeFileSystemResponseBody;
 
 use super::problem::{Kind, Problem};
-use super::{AppState, assets, batch, demo, health, jobs};
+use super::{AppState, assets, batch, demo, events, health, jobs};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub enum Access {
     Admin,
     /// The asset routes: a credential with the `api` role when `auth.api = "api-key"`.
     Api,
+    /// `/events/storage`: an Event Grid delivery's own credential (`[events]`: the `code`
+    /// secret, or an Entra ID token for `events.entra`); while `events.enabled` is off, `404`
+    /// as for a path no route matches.
+    Events,
 }
 
 /// Whether load shedding may refuse a route when the service is at capacity.
@@ -83,7 +87,7 @@ impl Route {
 
 /// Every route of this configuration.
 pub fn table(state: &AppState) -> Vec<Route> {
-    use Access::{Admin, Api, Ops, Public};
+    use Access::{Admin, Api, Events, Ops, Public};
     use Shedding::{Exempt, Shed};
     let mut routes = vec![
         Route::new(
@@ -148,6 +152,21 @@ pub fn table(state: &AppState) -> Vec<Route> {
             Api,
             Shed,
             post(batch::batch_get).layer(DefaultBodyLimit::max(super::MAX_BODY_BYTES)),
+        ),
+        // One path, one policy: the handshake needs the delivery's credential too.
+        Route::new(
+            Method::POST,
+            "/events/storage",
+            Events,
+            Shed,
+            post(events::receive).layer(DefaultBodyLimit::max(super::MAX_BODY_BYTES)),
+        ),
+        Route::new(
+            Method::OPTIONS,
+            "/events/storage",
+            Events,
+            Shed,
+            options(events::handshake),
         ),
         Route::new(
             Method::GET,

@@ -12,6 +12,7 @@ use url::Url;
 use crate::azure::{self, AzureBackend, AzureSettings};
 use crate::config::{Invalid, Settings, SourceSettings, uses_ams_container_sas};
 use crate::http::auth::{Guard, JwtValidator};
+use crate::http::events::EventsGuard;
 use crate::http::{AppParts, AppState};
 use crate::jobs::{self, Encoder, Jobs};
 use crate::recognise::Recogniser;
@@ -142,10 +143,12 @@ fn over_azure(
     }
 }
 
-/// The shared HTTP client, when something calls out: an Azure source, or a JWKS to fetch.
+/// The shared HTTP client, when something calls out: an Azure source, or a JWKS to fetch
+/// (`auth.jwt`, `events.entra`).
 pub fn http_client(settings: &Settings) -> Result<Option<reqwest::Client>, Invalid> {
-    let needed =
-        !matches!(settings.source, SourceSettings::Local(_)) || settings.auth.jwt.is_some();
+    let needed = !matches!(settings.source, SourceSettings::Local(_))
+        || settings.auth.jwt.is_some()
+        || settings.events.entra.is_some();
     needed
         .then(|| azure::http_client(&settings.upstream))
         .transpose()
@@ -182,7 +185,17 @@ pub fn app_state(
             .expect("an HTTP client is built when auth.jwt is set");
         JwtValidator::new(jwt, http)
     });
-    let guard = Guard::new(&settings.auth, &settings.rate_limit, jwt);
+    let events_jwt = settings
+        .events
+        .jwt_settings(settings.auth.jwt.as_ref())
+        .map(|jwt| {
+            let http = http
+                .clone()
+                .expect("an HTTP client is built when events.entra is set");
+            JwtValidator::new(jwt, http)
+        });
+    let events = EventsGuard::new(&settings.events, events_jwt);
+    let guard = Guard::new(&settings.auth, &settings.rate_limit, jwt, events);
     let jobs = encoder.map(|encoder| Jobs::new(encoder, settings.jobs.clone()));
     let health = backend.health.clone();
     let local_root = backend.local_root.clone();

@@ -100,6 +100,15 @@ pub enum SourceError {
 #[async_trait]
 pub trait Catalog: Send + Sync {
     async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError>;
+
+    /// The ids this catalog maps to `container` of `account` without asking an upstream, in
+    /// every spelling a caller may have used (a blob written there may change their answers,
+    /// and an id cached as "not found" is known only by its id). None by default: a catalog
+    /// that cannot tell (AMS, MK.IO: the mapping lives upstream) leaves those to their TTL.
+    fn assets_in(&self, account: &str, container: &str) -> Vec<AssetId> {
+        let _ = (account, container);
+        Vec::new()
+    }
 }
 
 /// Lists and reads blobs.

@@ -51,6 +51,8 @@ pub enum StorageCatalog {
     File {
         /// Lookup key -> row index. Names win over GUIDs, which win over alternate ids.
         index: HashMap<String, usize>,
+        /// (account, container) -> the rows there (storage events name containers).
+        by_container: HashMap<(String, String), Vec<usize>>,
         rows: Vec<CatalogRow>,
         account: String,
     },
@@ -111,8 +113,16 @@ impl StorageCatalog {
                 }
             }
         }
+        let mut by_container: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            by_container
+                .entry((row_account(row, account).to_owned(), row.container.clone()))
+                .or_default()
+                .push(i);
+        }
         Ok(Self::File {
             index,
+            by_container,
             rows,
             account: account.to_owned(),
         })
@@ -141,24 +151,85 @@ impl Catalog for StorageCatalog {
                 index,
                 rows,
                 account,
+                ..
             } => {
                 let row = index
                     .get(id.as_str())
                     .or_else(|| index.get(&id.as_str().to_ascii_lowercase()))
                     .map(|&i| &rows[i])
                     .ok_or(SourceError::NotFound)?;
-                let mut location = AssetLocation::new(
-                    if row.storage_account.is_empty() {
-                        account.clone()
-                    } else {
-                        row.storage_account.clone()
-                    },
-                    row.container.clone(),
-                );
+                let mut location =
+                    AssetLocation::new(row_account(row, account), row.container.clone());
                 location.prefix = row.prefix.clone();
                 Ok(location)
             }
         }
+    }
+
+    /// Template: the id part of a container the template makes (`asset-{assetId}` -> the
+    /// GUID, in the lower and upper case `locate` accepts). Catalog file: every row of the
+    /// container, by name, GUID (as written, lower and upper case) and alternate id.
+    fn assets_in(&self, account: &str, container: &str) -> Vec<AssetId> {
+        let mut spellings: Vec<String> = Vec::new();
+        match self {
+            StorageCatalog::Template {
+                template,
+                account: own,
+            } => {
+                if own != account {
+                    return Vec::new();
+                }
+                let Some((before, after)) = template.split_once("{assetId}") else {
+                    return Vec::new();
+                };
+                let Some(part) = container
+                    .strip_prefix(before)
+                    .and_then(|rest| rest.strip_suffix(after))
+                    .filter(|part| !part.is_empty())
+                else {
+                    return Vec::new();
+                };
+                // `locate` must map the id back to this very container.
+                if template.replace("{assetId}", part) != container {
+                    return Vec::new();
+                }
+                spellings.push(part.to_owned());
+                if uuid::Uuid::try_parse(part).is_ok() {
+                    spellings.push(part.to_ascii_uppercase());
+                }
+            }
+            StorageCatalog::File {
+                by_container, rows, ..
+            } => {
+                let key = (account.to_owned(), container.to_owned());
+                for &i in by_container.get(&key).into_iter().flatten() {
+                    let row = &rows[i];
+                    spellings.push(row.name.clone());
+                    spellings.push(row.alternate_id.clone());
+                    spellings.push(row.asset_id.clone());
+                    spellings.push(row.asset_id.to_ascii_lowercase());
+                    spellings.push(row.asset_id.to_ascii_uppercase());
+                }
+            }
+        }
+        let mut ids: Vec<AssetId> = Vec::new();
+        for spelling in spellings {
+            if let Ok(id) = AssetId::parse(&spelling)
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
+/// A row's storage account: its own, else the configured default.
+fn row_account<'a>(row: &'a CatalogRow, default: &'a str) -> &'a str {
+    if row.storage_account.is_empty() {
+        default
+    } else {
+        &row.storage_account
     }
 }
 
@@ -276,6 +347,58 @@ mod tests {
         let c = StorageCatalog::from_rows(parse_json(json).unwrap(), "acct").unwrap();
         assert_eq!(c.locate(&id("x")).await.unwrap().container, "asset-aaa");
         assert_eq!(c.locate(&id("intro")).await.unwrap().account, "s1");
+    }
+
+    fn ids(found: Vec<AssetId>) -> Vec<String> {
+        found.iter().map(|id| id.as_str().to_owned()).collect()
+    }
+
+    #[test]
+    fn template_containers_map_back_to_their_ids() {
+        let c = StorageCatalog::template("asset-{assetId}", "acct");
+        assert_eq!(
+            ids(c.assets_in("acct", "asset-1b4f8e2a-5c3d-4e6f-9a7b-0c1d2e3f4a5b")),
+            [
+                "1b4f8e2a-5c3d-4e6f-9a7b-0c1d2e3f4a5b",
+                "1B4F8E2A-5C3D-4E6F-9A7B-0C1D2E3F4A5B"
+            ]
+        );
+        assert_eq!(ids(c.assets_in("acct", "asset-intro")), ["intro"]);
+        // Another account, a container the template cannot make, an empty id part.
+        assert!(c.assets_in("other", "asset-intro").is_empty());
+        assert!(c.assets_in("acct", "media").is_empty());
+        assert!(c.assets_in("acct", "asset-").is_empty());
+        let suffixed = StorageCatalog::template("{assetId}-thumbs", "acct");
+        assert_eq!(ids(suffixed.assets_in("acct", "intro-thumbs")), ["intro"]);
+        assert!(suffixed.assets_in("acct", "intro").is_empty());
+        // No placeholder: every asset shares the one container, known to no id.
+        assert!(
+            StorageCatalog::template("media", "acct")
+                .assets_in("acct", "media")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn catalog_rows_of_a_container_by_every_id() {
+        let csv = "name,alternateId,assetId,container,storageAccount\n\
+                   intro,cms-42,1B4F8E2A-5C3D-4E6F-9A7B-0C1D2E3F4A5B,shared,\n\
+                   outro,,,shared,\n\
+                   elsewhere,,,shared,otheracct\n\
+                   alone,,,asset-alone,\n";
+        let c = StorageCatalog::from_rows(parse_csv(csv).unwrap(), "acct").unwrap();
+        assert_eq!(
+            ids(c.assets_in("acct", "shared")),
+            [
+                "intro",
+                "cms-42",
+                "1B4F8E2A-5C3D-4E6F-9A7B-0C1D2E3F4A5B",
+                "1b4f8e2a-5c3d-4e6f-9a7b-0c1d2e3f4a5b",
+                "outro"
+            ]
+        );
+        assert_eq!(ids(c.assets_in("otheracct", "shared")), ["elsewhere"]);
+        assert!(c.assets_in("acct", "nowhere").is_empty());
     }
 
     #[test]

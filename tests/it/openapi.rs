@@ -64,6 +64,7 @@ fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
         "no-thumbnails",
         "no-storyboard",
         "invalid-body",
+        "malformed-event",
         "payload-too-large",
         "unsupported-media-type",
         "overloaded",
@@ -237,7 +238,8 @@ async fn real_answers_match_the_spec() {
     let spec = spec();
     // sha256("test-admin-key"): an admin key for the cache route.
     let (app, _, _) = app_with_probe(settings(
-        "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"944650a7cd0f9e14d5c4fb15edbffb7fa45fb9ed36a4fa9be3d7e5476ae51bd9\", roles = [\"admin\"] }]\n",
+        "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"944650a7cd0f9e14d5c4fb15edbffb7fa45fb9ed36a4fa9be3d7e5476ae51bd9\", roles = [\"admin\"] }]\n\
+         [events]\nenabled = true\nsecret = \"events-secret-0123456789\"\n",
     ));
     let t = "/assets/{assetId}/thumbnails";
     let i = "/assets/{assetId}/thumbnails/{index}";
@@ -399,6 +401,38 @@ async fn real_answers_match_the_spec() {
         413
     );
     covered.insert(("POST".to_owned(), b.to_owned()));
+    // Event Grid deliveries: the handshakes, a delivery, and the refusals.
+    let e = "/events/storage";
+    let coded = "/events/storage?code=events-secret-0123456789";
+    let validation = include_str!("../fixtures/eventgrid/subscription-validation.eventgrid.json");
+    let created = include_str!("../fixtures/eventgrid/blob-created.eventgrid.json");
+    let cloud = include_str!("../fixtures/eventgrid/blob-deleted.cloudevents.json");
+    let batch = [("content-type", "application/cloudevents-batch+json")];
+    for (uri, headers, body, expected) in [
+        (coded, &json[..], validation, 200),
+        (coded, &json[..], created, 200),
+        (coded, &batch[..], cloud, 200),
+        (coded, &json[..], "[{\"eventType\":\"x\"}]", 400),
+        (coded, &json[..], "not json", 400),
+        (coded, &text[..], created, 415),
+        (e, &json[..], created, 401),
+        ("/events/storage?code=wrong", &json[..], created, 401),
+    ] {
+        let status = check_with(&app, &spec, "POST", e, uri, headers, Some(body)).await;
+        assert_eq!(status, expected, "POST {uri} {body}");
+    }
+    let huge_events = format!("[{}]", "{},".repeat(100 * 1024));
+    assert_eq!(
+        check_with(&app, &spec, "POST", e, coded, &json, Some(&huge_events)).await,
+        413
+    );
+    covered.insert(("POST".to_owned(), e.to_owned()));
+    let origin = [("webhook-request-origin", "eventgrid.azure.net")];
+    for (uri, expected) in [(coded, 200), (e, 401)] {
+        let status = check_with(&app, &spec, "OPTIONS", e, uri, &origin, None).await;
+        assert_eq!(status, expected, "OPTIONS {uri}");
+    }
+    covered.insert(("OPTIONS".to_owned(), e.to_owned()));
     // Conditional and compressed forms of the list.
     let etag = {
         let r = app

@@ -125,6 +125,10 @@ impl Catalog for Probe {
         }
         self.inner.catalog.locate(id).await
     }
+
+    fn assets_in(&self, account: &str, container: &str) -> Vec<AssetId> {
+        self.inner.catalog.assets_in(account, container)
+    }
 }
 
 #[async_trait]

@@ -14,7 +14,7 @@ use support::fake_jwks::{FakeJwks, TENANT, TestKey};
 use support::seed::{create_container, put_blob};
 use support::{TestServer, assert_problem, tls};
 
-const SECRET: &str = "events-secret-0123456789";
+pub(crate) const SECRET: &str = "events-secret-0123456789";
 const TOPIC: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/media/providers/Microsoft.Storage/storageAccounts/";
 
 fn fixture(name: &str) -> String {
@@ -26,7 +26,7 @@ fn fixture(name: &str) -> String {
 
 /// A documented event with its subject and topic (or source) pointing at `container` of the
 /// emulator's account, everything else as published.
-fn event_for(name: &str, container: &str, blob: &str) -> String {
+pub(crate) fn event_for(name: &str, container: &str, blob: &str) -> String {
     let mut events: Value = serde_json::from_str(&fixture(name)).unwrap();
     for event in events.as_array_mut().unwrap() {
         event["subject"] =
@@ -96,7 +96,7 @@ fn events_settings(extra: &str) -> Settings {
     ))
 }
 
-async fn post(
+pub(crate) async fn post(
     server: &TestServer,
     query: &str,
     content_type: &str,
@@ -360,7 +360,7 @@ async fn names(server: &TestServer, id: &str) -> Vec<String> {
 }
 
 /// The documented event of `schema` (`eventgrid` or `cloudevents`) for a blob, delivered.
-async fn deliver(server: &TestServer, schema: &str, container: &str, blob: &str) {
+pub(crate) async fn deliver(server: &TestServer, schema: &str, container: &str, blob: &str) {
     let (name, content_type) = match schema {
         "eventgrid" => ("blob-created.eventgrid.json", "application/json"),
         _ => (

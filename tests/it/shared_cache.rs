@@ -497,3 +497,83 @@ async fn a_replica_that_died_holding_a_lock_delays_the_others_until_its_expiry_o
         "then loaded once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_grid_delivery_to_one_replica_shows_a_new_blob_on_all_at_once() {
+    use crate::events::{SECRET, deliver, event_for, post};
+    let (az, redis) = tokio::join!(Azurite::start_http(), Redis::start());
+    let client = reqwest::Client::new();
+    let id = uuid::Uuid::new_v4().to_string();
+    let container = format!("asset-{id}");
+    seed(&client, &az, &id, 1).await;
+    let mut settings = replica_settings(&az, &redis, "");
+    settings.events = Settings::from_toml(&format!(
+        "[events]\nenabled = true\nsecret = \"{SECRET}\"\n"
+    ))
+    .unwrap()
+    .events;
+    let rs = replicas(&settings, 3).await;
+    for r in &rs {
+        assert_eq!(count(&thumbnails(r, &id).await.1), 1);
+    }
+    // The subscription's validation handshake, through any replica.
+    let validation = post(
+        &rs[2],
+        &format!("?code={SECRET}"),
+        "application/json",
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/eventgrid/subscription-validation.eventgrid.json"),
+        )
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(validation.status(), 200);
+    assert!(
+        validation
+            .text()
+            .await
+            .unwrap()
+            .contains("validationResponse")
+    );
+
+    // A wrong secret: refused, nothing invalidated anywhere.
+    add_thumbnail(&client, &az, &id, 2).await;
+    let blob = "Thumbnail000002.jpg";
+    let refused = post(
+        &rs[0],
+        "?code=not-the-secret-at-all",
+        "application/json",
+        event_for("blob-created.eventgrid.json", &container, blob),
+    )
+    .await;
+    assert_eq!(refused.status(), 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for r in &rs {
+        assert_eq!(count(&thumbnails(r, &id).await.1), 1, "still cached");
+    }
+    // Event Grid schema to replica 0, then CloudEvents to replica 1: every replica lists the
+    // new blob within a second, and its URL serves it.
+    for (schema, via, n) in [("eventgrid", 0, 2), ("cloudevents", 1, 3)] {
+        if n == 3 {
+            add_thumbnail(&client, &az, &id, 3).await;
+        }
+        deliver(
+            &rs[via],
+            schema,
+            &container,
+            &format!("Thumbnail{n:06}.jpg"),
+        )
+        .await;
+        for r in &rs {
+            wait_for(Duration::from_secs(1), || async {
+                count(&thumbnails(r, &id).await.1) == n
+            })
+            .await;
+        }
+        let v: Value = serde_json::from_str(&thumbnails(&rs[2], &id).await.1).unwrap();
+        let url = v["thumbnails"][n - 1]["url"].as_str().unwrap().to_owned();
+        let (status, bytes) = get_blob(&client, &url).await;
+        assert_eq!((status, &bytes[..]), (200, &jpeg()[..]), "{schema}");
+    }
+}

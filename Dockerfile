@@ -1,17 +1,20 @@
-# ams-thumbnails container image.
+# ams-thumbnails container image: two runtime targets of one build.
 #
-#   docker build -t ams-thumbnails .
+#   docker build -t ams-thumbnails .                                  # lean (the default)
+#   docker build --target runtime-ffmpeg -t ams-thumbnails:ffmpeg .   # with ffmpeg
 #   docker run --rm -p 8080:8080 ams-thumbnails
 #
-# The image serves the bundled sample library (samples/, local mode) with config/default.toml;
-# every setting can be overridden with AMS_THUMBNAILS_* environment variables ("__" separates
-# nesting levels, e.g. AMS_THUMBNAILS_SERVER__LISTEN), or a different file mounted and named with
-# AMS_THUMBNAILS_CONFIG.
-#
-# Note for the README: when the container is reached through a published port other than 8080
-# (e.g. `-p 9000:8080`) or through a proxy, set AMS_THUMBNAILS_SERVER__PUBLIC_BASE_URL
-# (e.g. http://localhost:9000) so that the URLs the service hands out for its own files point to
-# where clients can actually reach it.
+# - `runtime` (the default, last stage): distroless (glibc, CA roots, no shell, no package
+#   manager), the binary, the samples. Every mode that reads thumbnails (local, storage, AMS,
+#   MK.IO) and generation through the AMS or MK.IO encoders.
+# - `runtime-ffmpeg`: Debian slim with Debian's ffmpeg, for generating thumbnails with the ffmpeg
+#   encoder where no AMS encoder is left; larger, and it has a shell and apt.
+# Pick the lean one unless the ffmpeg encoder is used. Both run as an unprivileged user, serve
+# the bundled sample library (samples/, local mode) with config/default.toml from /app, and take
+# every setting from AMS_THUMBNAILS_* variables ("__" separates nesting levels); with
+# AMS_THUMBNAILS_SOURCE__KIND set to another source the sample file's [source] is left out, and
+# AMS_THUMBNAILS_CONFIG=none loads no file at all. Behind a published port other than 8080 or a
+# proxy, set AMS_THUMBNAILS_SERVER__PUBLIC_BASE_URL (see README, "Container").
 
 # ---------------------------------------------------------------------------------------------
 # Build stage
@@ -46,12 +49,15 @@ RUN touch src/main.rs src/lib.rs \
     && ./target/release/ams-thumbnails --version | grep -q '^ams-thumbnails '
 
 # ---------------------------------------------------------------------------------------------
-# Runtime stage
+# Runtime with ffmpeg (--target runtime-ffmpeg)
 # ---------------------------------------------------------------------------------------------
-FROM debian:bookworm-slim AS runtime
+FROM debian:bookworm-slim AS runtime-ffmpeg
 
-# CA roots for outbound HTTPS (Azure backends), taken from the builder so no apt step is needed.
-COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Debian's ffmpeg (the encoder's only dependency) and CA roots for outbound HTTPS.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ffmpeg=7:5.1.9-0+deb12u1 ca-certificates=20230311+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /build/target/release/ams-thumbnails /usr/local/bin/ams-thumbnails
 
 # The default configuration reads config/default.toml and the sample library (samples/) relative
@@ -66,13 +72,30 @@ ENV AMS_THUMBNAILS_SERVER__LISTEN=0.0.0.0:8080 \
 # Unprivileged numeric user and group (no passwd entry needed); the explicit group keeps the
 # process out of gid 0, so group-writable files in the build context stay read-only to it.
 USER 10001:10001
-
 EXPOSE 8080
+# The binary asks its own /healthz (on AMS_THUMBNAILS_SERVER__LISTEN, loopback for 0.0.0.0).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/ams-thumbnails", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/ams-thumbnails"]
+CMD ["serve"]
 
-# Liveness probe without extra packages: bash's /dev/tcp against /healthz, on the port taken from
-# AMS_THUMBNAILS_SERVER__LISTEN (8080 unless overridden).
-HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["bash", "-c", "listen=${AMS_THUMBNAILS_SERVER__LISTEN:-0.0.0.0:8080}; exec 3<>/dev/tcp/127.0.0.1/${listen##*:} && printf 'GET /healthz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && grep -q '^HTTP/1\\.[01] 200 ' <&3"]
+# ---------------------------------------------------------------------------------------------
+# Lean runtime (the default): no shell, no package manager
+# ---------------------------------------------------------------------------------------------
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 
+# glibc, libgcc and CA roots come with the base; the binary links everything else statically.
+COPY --from=builder /build/target/release/ams-thumbnails /usr/local/bin/ams-thumbnails
+WORKDIR /app
+COPY config/ ./config/
+COPY samples/ ./samples/
+
+ENV AMS_THUMBNAILS_SERVER__LISTEN=0.0.0.0:8080 \
+    AMS_THUMBNAILS_LOG__FORMAT=json
+
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/ams-thumbnails", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/ams-thumbnails"]
 CMD ["serve"]

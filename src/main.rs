@@ -12,10 +12,18 @@ use clap::{Parser, Subcommand};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Turns a video asset id into ready-to-use thumbnail URLs.
+///
+/// Sources (`source.kind`): `local` (a folder, the bundled samples by default), `storage`
+/// (Azure Blob Storage alone: the containers AMS left behind, by template or catalog), `ams`
+/// (Azure Media Services metadata through ARM, for accounts still reachable) and `mkio`
+/// (MediaKind MK.IO, the AMS-compatible successor: `source.subscription`, a token, and
+/// `storage.account` for its storage). Every setting can also come from the environment:
+/// AMS_THUMBNAILS_<SECTION>__<KEY>. See README.md.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Cli {
-    /// Configuration file (TOML); default: $AMS_THUMBNAILS_CONFIG, else config/default.toml.
+    /// Configuration file (TOML); default: $AMS_THUMBNAILS_CONFIG, else config/default.toml
+    /// when present; `none`: no file (defaults and environment only).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -30,6 +38,9 @@ enum Command {
     Resolve { asset_id: String },
     /// Print the effective configuration (secrets redacted) and exit.
     CheckConfig,
+    /// Ask the running service's /healthz (on server.listen) and exit 0 when it answers 200:
+    /// the container's health check, without a shell or curl.
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +71,15 @@ fn main() -> ExitCode {
             resolve(settings, asset_id),
         ),
         Command::Serve => run(settings.server.blocking_threads, serve(settings)),
+        Command::Healthcheck => run(1, async move {
+            match server::healthcheck::check(settings.server.listen).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ams-thumbnails: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
     }
 }
 

@@ -158,11 +158,22 @@ pub fn uses_ams_container_sas(storage: &StorageSettings, links: &LinkSettings) -
 pub(super) fn validate(settings: &Settings) -> Result<(), Invalid> {
     let storage = &settings.storage;
     let links = &settings.links;
-    if storage.account.is_empty()
-        || !storage
-            .account
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    if storage.account.is_empty() {
+        let why = match settings.source.kind() {
+            "mkio" => {
+                "is required with source.kind = \"mkio\": the account of assets whose MK.IO \
+                 storage instance names none, and the one start-up checks the endpoint and \
+                 credential with"
+            }
+            "ams" => "is required with source.kind = \"ams\": the default storage account",
+            _ => "is required: the storage account that holds the asset containers",
+        };
+        return Err(Invalid::new("storage.account", why));
+    }
+    if !storage
+        .account
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         || storage.account.len() > 24
     {
         return Err(Invalid::new(

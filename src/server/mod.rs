@@ -4,6 +4,7 @@
 pub mod compose;
 pub mod connections;
 pub mod fd_limit;
+pub mod healthcheck;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -308,3 +308,108 @@ fn an_error_names_the_file_or_the_variable_that_set_the_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn healthcheck_asks_the_running_service_and_says_unhealthy_when_it_cannot() {
+    let mut child = command()
+        .args(["serve"])
+        .env("AMS_THUMBNAILS_SERVER__LISTEN", "127.0.0.1:0")
+        .env("AMS_THUMBNAILS_LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("listening"))
+        .expect("a listening line");
+    let addr = listening
+        .split('"')
+        .find(|s| s.starts_with("127.0.0.1:"))
+        .expect("the bound address")
+        .to_owned();
+    let port = addr.rsplit(':').next().unwrap().to_owned();
+    // As the image runs it: listening on the wildcard address, probed on loopback.
+    let ok = command()
+        .args(["healthcheck"])
+        .env("AMS_THUMBNAILS_SERVER__LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let down = command()
+        .args(["healthcheck"])
+        .env("AMS_THUMBNAILS_SERVER__LISTEN", &addr)
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        stderr.contains("unhealthy") && stderr.contains("/healthz"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_names_every_source_kind() {
+    let out = command().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "`local`",
+        "`storage`",
+        "`ams`",
+        "`mkio`",
+        "MK.IO",
+        "healthcheck",
+    ] {
+        assert!(text.contains(kind), "{kind} in {text}");
+    }
+}
+
+/// Every configuration file shipped under `config/` passes `check-config` as it is.
+#[test]
+fn every_shipped_configuration_file_checks() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = command()
+                .args(["--config", path.to_str().unwrap(), "check-config"])
+                .env_remove("MKIO_TOKEN")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} files");
+}
+
+#[test]
+fn mkio_without_a_storage_account_says_why_it_is_needed() {
+    let out = command()
+        .args(["--config", "none", "check-config"])
+        .env("AMS_THUMBNAILS_SOURCE__KIND", "mkio")
+        .env("AMS_THUMBNAILS_SOURCE__PROJECT", "demo")
+        .env("MKIO_TOKEN", "token")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("storage.account") && stderr.contains("mkio"),
+        "{stderr}"
+    );
+}

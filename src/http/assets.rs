@@ -207,7 +207,20 @@ pub async fn poster(
             ),
         )
     })?;
-    Ok(redirect(&chosen.url, &resolved))
+    let mut response = redirect(&chosen.url, &resolved);
+    // Which thumbnail was chosen, and its time: `unknown` says that `?time=` could not be
+    // honoured (no storyboard, no `recognition.timing`) and the default one was taken.
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-thumbnail-index"),
+        HeaderValue::from(index),
+    );
+    let time = match chosen.time {
+        Some(t) => HeaderValue::from_str(&format!("{t}")).expect("a number is a header value"),
+        None => HeaderValue::from_static("unknown"),
+    };
+    headers.insert(HeaderName::from_static("x-thumbnail-time"), time);
+    Ok(response)
 }
 
 /// What [`choose_rendition`] looks at.

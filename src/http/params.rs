@@ -123,7 +123,7 @@ impl QueryParams {
                     Problem::new(
                         Kind::InvalidParameter,
                         format!(
-                            "time must be seconds (like 12.5) or an ISO 8601 duration (like PT1M2.5S), not {t:?}"
+                            "time must be seconds (like 12.5), a duration (like 1m30s) or an ISO 8601 duration (like PT1M2.5S), not {t:?}"
                         ),
                     )
                 })
@@ -145,18 +145,54 @@ pub fn parse_index(raw: &str) -> Result<u64, Problem> {
         })
 }
 
-/// Seconds or ISO 8601 duration (`P[nD][T[nH][nM][n[.n]S]]`), non-negative and finite.
+/// Seconds, an ISO 8601 duration (`P[nD][T[nH][nM][n[.n]S]]`), or a duration as the
+/// configuration writes it (`7s`, `1m30s`, `1h 2m 3.5s`, `250ms`); non-negative and finite.
 pub fn parse_time(raw: &str) -> Option<f64> {
     let raw = raw.trim();
     let secs = if let Some(rest) = raw.strip_prefix(['P', 'p']) {
         parse_iso_duration(rest)?
-    } else {
-        if !raw.bytes().all(|b| b.is_ascii_digit() || b == b'.') || raw.is_empty() {
-            return None;
-        }
+    } else if raw.bytes().all(|b| b.is_ascii_digit() || b == b'.') && !raw.is_empty() {
         raw.parse::<f64>().ok()?
+    } else {
+        parse_units(raw)?
     };
     (secs.is_finite() && secs >= 0.0).then_some(secs)
+}
+
+/// `<number><unit>` terms (units `ms`, `s`, `m`, `h`, `d`; a number may have a fraction),
+/// each followed by at most one space: the configuration's duration forms, summed.
+fn parse_units(raw: &str) -> Option<f64> {
+    const UNITS: [(&str, f64); 5] = [
+        ("ms", 0.001),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+        ("d", 86_400.0),
+    ];
+    if raw.is_empty() {
+        return None;
+    }
+    let mut rest = raw;
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number = &rest[..digits];
+        let whole = number.split('.').next().unwrap_or_default();
+        if whole.is_empty() || number.ends_with('.') || number.matches('.').count() > 1 {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, scale) = UNITS.iter().find(|(u, _)| {
+            rest.starts_with(u) && !rest[u.len()..].starts_with(|c: char| c.is_ascii_alphabetic())
+        })?;
+        total += value * scale;
+        rest = &rest[unit.len()..];
+        rest = rest.strip_prefix(' ').unwrap_or(rest);
+    }
+    Some(total)
 }
 
 fn parse_iso_duration(rest: &str) -> Option<f64> {
@@ -200,6 +236,17 @@ mod tests {
 
     #[test]
     fn times() {
+        // The configuration's forms.
+        assert_eq!(parse_time("7s"), Some(7.0));
+        assert_eq!(parse_time("1m30s"), Some(90.0));
+        assert_eq!(parse_time("1h 2m 3.5s"), Some(3723.5));
+        assert_eq!(parse_time("250ms"), Some(0.25));
+        assert_eq!(parse_time("1d"), Some(86_400.0));
+        for bad in [
+            "s", "7 s", "7x", "7sec", "1.s", ".5s", "1.2.3s", "7s  8s", "-7s", "7S",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
         assert_eq!(parse_time("0"), Some(0.0));
         assert_eq!(parse_time("12.5"), Some(12.5));
         assert_eq!(parse_time("PT5S"), Some(5.0));

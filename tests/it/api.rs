@@ -247,6 +247,10 @@ async fn poster_default_and_by_time() {
         ("?time=5", "Thumbnail000003.jpg"), // tie between 4 s and 6 s: the earlier
         ("?time=5.1", "Thumbnail000004.jpg"),
         ("?time=PT7S", "Thumbnail000004.jpg"),
+        // The configuration's duration forms too.
+        ("?time=7s", "Thumbnail000004.jpg"),
+        ("?time=4900ms", "Thumbnail000003.jpg"),
+        ("?time=1m", "Thumbnail000010.jpg"),
         ("?time=PT1M", "Thumbnail000010.jpg"), // past the end clamps to the last
         ("?time=99999", "Thumbnail000010.jpg"),
     ];
@@ -254,9 +258,16 @@ async fn poster_default_and_by_time() {
         let loc = location(&server, &format!("{p}{query}")).await;
         assert!(loc.ends_with(expected), "{query}: {loc}");
     }
-    // Without known times, ?time= falls back to the default thumbnail.
-    let loc = location(&server, "/assets/builtin-preset/poster?time=30").await;
+    // The chosen thumbnail and its time are named.
+    let response = server.get(&format!("{p}?time=1m30s")).await;
+    assert_eq!(response.headers()["x-thumbnail-index"], "10");
+    assert_eq!(response.headers()["x-thumbnail-time"], "18");
+    // Without known times, ?time= falls back to the default thumbnail, and says so.
+    let response = server.get("/assets/builtin-preset/poster?time=30").await;
+    let loc = response.headers()["location"].to_str().unwrap().to_owned();
     assert!(loc.ends_with("Thumbnail000001.jpg"), "{loc}");
+    assert_eq!(response.headers()["x-thumbnail-time"], "unknown");
+    assert_eq!(response.headers()["x-thumbnail-index"], "1");
     let loc = location(&server, "/assets/multi-rendition/poster?label=small").await;
     assert!(loc.ends_with("river_small_000001.jpg"), "{loc}");
 }

@@ -53,8 +53,12 @@ pub(in crate::resolver) async fn listen(inner: Weak<Inner>) {
             let tier = strong.shared.as_ref().expect("a listener has a tier");
             tier.subscribed.store(true, Ordering::Relaxed);
             tier.down_until.store(0, Ordering::Relaxed);
-            if !first {
-                tracing::info!("shared cache reachable again: local entries dropped");
+            // Whatever this replica loaded while not subscribed may have been invalidated
+            // meanwhile (at start-up too, when Redis came up late): it is dropped.
+            if strong.cache.entry_count() > 0 {
+                if !first {
+                    tracing::info!("shared cache reachable again: local entries dropped");
+                }
                 strong.drop_everything_local().await;
             }
             tier.flush_pending().await;

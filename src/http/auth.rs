@@ -146,6 +146,32 @@ pub(crate) fn unauthorized(detail: &str) -> Response {
     response
 }
 
+/// The answer to a bearer token that could not be accepted (`what` names it in the log).
+pub(crate) fn token_refused(error: JwtError, what: &str) -> Response {
+    match error {
+        JwtError::Invalid(reason) => {
+            tracing::info!(reason, "{what} refused");
+            bearer_challenge(
+                Problem::new(
+                    Kind::Unauthorized,
+                    format!("the bearer token is not valid: {reason}"),
+                )
+                .into_response(),
+                "invalid_token",
+                reason,
+            )
+        }
+        JwtError::Unavailable(why) => {
+            tracing::warn!(error = %why, "{what} not checked: no signing keys");
+            Problem::new(
+                Kind::UpstreamUnavailable,
+                "the token issuer's signing keys cannot be fetched; try again later",
+            )
+            .into_response()
+        }
+    }
+}
+
 /// RFC 6750 challenge for a token that was refused (`error` is `invalid_token` or
 /// `insufficient_scope`); `description` is one of the fixed, token-free reasons.
 pub(crate) fn bearer_challenge(mut response: Response, error: &str, description: &str) -> Response {
@@ -297,28 +323,7 @@ impl Guard {
                 roles: claims.roles,
             },
             // Like a wrong key: refused even where no credential is needed.
-            Err(JwtError::Invalid(reason)) => {
-                tracing::info!(reason, "bearer token refused");
-                return Check::Refuse(bearer_challenge(
-                    Problem::new(
-                        Kind::Unauthorized,
-                        format!("the bearer token is not valid: {reason}"),
-                    )
-                    .into_response(),
-                    "invalid_token",
-                    reason,
-                ));
-            }
-            Err(JwtError::Unavailable(why)) => {
-                tracing::warn!(error = %why, "bearer token not checked: no signing keys");
-                return Check::Refuse(
-                    Problem::new(
-                        Kind::UpstreamUnavailable,
-                        "the token issuer's signing keys cannot be fetched; try again later",
-                    )
-                    .into_response(),
-                );
-            }
+            Err(e) => return Check::Refuse(token_refused(e, "bearer token")),
         };
         self.admit(request, identity, access)
     }

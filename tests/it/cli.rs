@@ -148,13 +148,20 @@ fn resolve_prints_the_json_answer() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn serves_and_exits_cleanly_on_sigterm() {
+/// `serve` on a free port with JSON logs and `env`: the child, the address it bound (from its
+/// `listening` line) and the rest of its log lines.
+fn serve(
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
     let mut child = command()
         .args(["serve"])
         .env("AMS_THUMBNAILS_SERVER__LISTEN", "127.0.0.1:0")
-        .env("AMS_THUMBNAILS_SERVER__SHUTDOWN_DELAY", "1500ms")
         .env("AMS_THUMBNAILS_LOG__FORMAT", "json")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -164,8 +171,17 @@ fn serves_and_exits_cleanly_on_sigterm() {
         .map(|l| l.unwrap())
         .find(|l| l.contains("listening"))
         .expect("a listening line");
-    let log: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
-    let addr = log["fields"]["addr"].as_str().unwrap().to_owned();
+    let addr = listening
+        .split('"')
+        .find(|s| s.starts_with("127.0.0.1:"))
+        .expect("the bound address")
+        .to_owned();
+    (child, addr, lines)
+}
+
+#[test]
+fn serves_and_exits_cleanly_on_sigterm() {
+    let (mut child, addr, lines) = serve(&[("AMS_THUMBNAILS_SERVER__SHUTDOWN_DELAY", "1500ms")]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
         reqwest::get(format!("http://{addr}/assets/builtin-preset/thumbnails"))
@@ -311,24 +327,7 @@ fn an_error_names_the_file_or_the_variable_that_set_the_key() {
 
 #[test]
 fn healthcheck_asks_the_running_service_and_says_unhealthy_when_it_cannot() {
-    let mut child = command()
-        .args(["serve"])
-        .env("AMS_THUMBNAILS_SERVER__LISTEN", "127.0.0.1:0")
-        .env("AMS_THUMBNAILS_LOG__FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let listening = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find(|l| l.contains("listening"))
-        .expect("a listening line");
-    let addr = listening
-        .split('"')
-        .find(|s| s.starts_with("127.0.0.1:"))
-        .expect("the bound address")
-        .to_owned();
+    let (mut child, addr, _lines) = serve(&[]);
     let port = addr.rsplit(':').next().unwrap().to_owned();
     // As the image runs it: listening on the wildcard address, probed on loopback.
     let ok = command()

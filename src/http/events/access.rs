@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::super::auth::{Check, JwtError, JwtValidator, bearer_challenge, unauthorized};
+use super::super::auth::{Check, JwtValidator, bearer_challenge, token_refused, unauthorized};
 use super::super::problem::{Kind, Problem};
 use crate::config::{EventsSettings, Role, SECRET_PARAMETER};
 
@@ -116,28 +116,7 @@ impl EventsGuard {
                 "insufficient_scope",
                 "the token does not carry an events role",
             )),
-            Err(JwtError::Invalid(reason)) => {
-                tracing::info!(reason, "events bearer token refused");
-                Check::Refuse(bearer_challenge(
-                    Problem::new(
-                        Kind::Unauthorized,
-                        format!("the bearer token is not valid: {reason}"),
-                    )
-                    .into_response(),
-                    "invalid_token",
-                    reason,
-                ))
-            }
-            Err(JwtError::Unavailable(why)) => {
-                tracing::warn!(error = %why, "events bearer token not checked: no signing keys");
-                Check::Refuse(
-                    Problem::new(
-                        Kind::UpstreamUnavailable,
-                        "the token issuer's signing keys cannot be fetched; try again later",
-                    )
-                    .into_response(),
-                )
-            }
+            Err(e) => Check::Refuse(token_refused(e, "events bearer token")),
         }
     }
 }

@@ -112,10 +112,17 @@ impl Default for LinkSettings {
     }
 }
 
-/// The Entra ID credential, chosen explicitly (there is no "default chain").
+/// The Entra ID credential: one chosen explicitly, or `default`, the `DefaultAzureCredential`
+/// order over the standard `AZURE_*` variables (what an unset `[credential]` means wherever
+/// one is needed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CredentialSettings {
+    /// The first that gets a token, tried in this order on the first token request and kept:
+    /// environment (`AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET` or
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`), workload identity (`AZURE_FEDERATED_TOKEN_FILE`),
+    /// managed identity (`AZURE_CLIENT_ID` for a user-assigned one), Azure CLI.
+    Default,
     /// App registration with a client secret.
     ClientSecret {
         tenant_id: String,
@@ -126,6 +133,26 @@ pub enum CredentialSettings {
         /// A file holding the secret (a mounted Kubernetes/Docker secret), read at start.
         #[serde(default)]
         client_secret_file: Option<PathBuf>,
+        /// Authority host (sovereign clouds, tests); default `https://login.microsoftonline.com`.
+        authority_host: Option<Url>,
+    },
+    /// App registration with a certificate: a signed JWT (`client_assertion`) instead of a
+    /// secret.
+    ClientCertificate {
+        tenant_id: String,
+        client_id: String,
+        /// A PEM file (the certificate and its unencrypted RSA private key) or a PFX (PKCS#12)
+        /// file, read at start.
+        certificate_path: PathBuf,
+        /// The PFX file's password, if it has one, or (better) `certificate_password_file`.
+        #[serde(default)]
+        certificate_password: Option<Secret>,
+        /// A file holding the PFX password, read at start.
+        #[serde(default)]
+        certificate_password_file: Option<PathBuf>,
+        /// Send the certificate chain (`x5c`), for subject name / issuer authentication.
+        #[serde(default)]
+        send_certificate_chain: bool,
         /// Authority host (sovereign clouds, tests); default `https://login.microsoftonline.com`.
         authority_host: Option<Url>,
     },
@@ -140,6 +167,33 @@ pub enum CredentialSettings {
     },
     /// The signed-in Azure CLI (development machines).
     AzureCli { tenant_id: Option<String> },
+}
+
+impl CredentialSettings {
+    /// The `kind` as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::ClientSecret { .. } => "client-secret",
+            Self::ClientCertificate { .. } => "client-certificate",
+            Self::ManagedIdentity { .. } => "managed-identity",
+            Self::WorkloadIdentity { .. } => "workload-identity",
+            Self::AzureCli { .. } => "azure-cli",
+        }
+    }
+}
+
+/// Whether the configured modes call Entra ID: the AMS source (ARM), `storage.auth = "entra"`
+/// or user delegation SAS links (a local source never does).
+pub fn needs_credential(settings: &Settings) -> bool {
+    match settings.source {
+        SourceSettings::Local(_) => false,
+        SourceSettings::Ams(_) => true,
+        SourceSettings::Storage(_) | SourceSettings::Mkio(_) => {
+            settings.storage.auth == StorageAuth::Entra
+                || settings.links.mode == LinkMode::UserDelegationSas
+        }
+    }
 }
 
 /// How far ahead a user delegation key may be asked to expire (Azure: at most 7 days from now;
@@ -210,12 +264,6 @@ pub(super) fn validate(settings: &Settings) -> Result<(), Invalid> {
     }
     let needs_credential =
         storage.auth == StorageAuth::Entra || links.mode == LinkMode::UserDelegationSas;
-    if needs_credential && settings.credential.is_none() {
-        return Err(Invalid::new(
-            "credential",
-            "is required by storage.auth = \"entra\" and links.mode = \"user-delegation-sas\"",
-        ));
-    }
     if needs_credential && http {
         return Err(Invalid::new(
             "storage.endpoint",

@@ -90,8 +90,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     /// What kind of URL clients get (sources other than `local`).
     pub links: LinkSettings,
-    /// The Entra ID credential, shared by every Azure client (`storage.auth = "entra"`,
-    /// user delegation SAS).
+    /// The Entra ID credential, shared by every Azure client (ARM, `storage.auth = "entra"`,
+    /// user delegation SAS); `default` (the chain) when unset and one of those needs it.
     pub credential: Option<CredentialSettings>,
     /// Timeouts, retries and trust for every outbound call.
     pub upstream: UpstreamSettings,
@@ -168,6 +168,10 @@ impl Settings {
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| Box::new(layers::blame(&figment, e)))?;
+        // Unset where Entra ID is needed: the default chain, shown as such by `check-config`.
+        if settings.credential.is_none() && azure::needs_credential(&settings) {
+            settings.credential = Some(CredentialSettings::Default);
+        }
         settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
@@ -220,6 +224,26 @@ impl Settings {
                 (true, None) => {}
             }
         }
+        if let Some(CredentialSettings::ClientCertificate {
+            certificate_password,
+            certificate_password_file: Some(path),
+            ..
+        }) = &mut self.credential
+        {
+            if certificate_password.is_some() {
+                return Err(both("credential.certificate_password_file"));
+            }
+            // A password is taken as written, not trimmed like the other secrets' files:
+            // only a final line break goes.
+            let text = std::fs::read_to_string(&*path).map_err(|e| {
+                Invalid::new(
+                    "credential.certificate_password_file",
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })?;
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            *certificate_password = Some(Secret::new(text.strip_suffix('\r').unwrap_or(text)));
+        }
         Ok(())
     }
 
@@ -250,12 +274,6 @@ impl Settings {
         }
         match &self.source {
             SourceSettings::Local(_) => {}
-            SourceSettings::Ams(_) if self.credential.is_none() => {
-                return Err(Invalid::new(
-                    "credential",
-                    "is required by source.kind = \"ams\" (ARM calls need a token)",
-                ));
-            }
             SourceSettings::Storage(_) | SourceSettings::Mkio(_) | SourceSettings::Ams(_) => {
                 azure::validate(self)?
             }

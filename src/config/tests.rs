@@ -94,7 +94,10 @@ fn azure_settings_are_checked_together() {
             .unwrap_err()
             .to_string()
     };
-    assert!(err("").contains("credential"), "entra needs a credential");
+    assert!(
+        err("endpoint = \"http://127.0.0.1:1/{account}\"\n[links]\nallow_http = true\n")
+            .contains("must be https for Entra ID")
+    );
     assert!(
         err("auth = \"account-key\"\n[links]\nmode = \"account-key-sas\"\n")
             .contains("storage.account_key")
@@ -179,4 +182,75 @@ fn public_base_url_follows_bound_port() {
     let s = Settings::default();
     let url = s.server.public_base_url("0.0.0.0:4321".parse().unwrap());
     assert_eq!(url.as_str(), "http://127.0.0.1:4321/");
+}
+
+#[test]
+fn an_unset_credential_is_the_default_chain_where_entra_id_is_needed() {
+    let load = |toml: &str| Settings::from_toml(toml).unwrap().credential;
+    let storage = "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\n\
+                   [auth]\nallow_anonymous_signed_urls = true\n";
+    assert!(matches!(load(storage), Some(CredentialSettings::Default)));
+    let public = format!("{storage}auth = \"anonymous\"\n[links]\nmode = \"public\"\n");
+    assert!(load(&public.replace("[auth]\nallow_anonymous_signed_urls = true\n", "")).is_none());
+    assert!(load("").is_none(), "local: no Azure at all");
+    let ams = "[source]\nkind = \"ams\"\nsubscription_id = \"s\"\nresource_group = \"g\"\n\
+               account_name = \"a\"\n[storage]\naccount = \"acct\"\n[auth]\n\
+               allow_anonymous_signed_urls = true\n";
+    assert!(matches!(load(ams), Some(CredentialSettings::Default)));
+    let explicit = format!("{storage}[credential]\nkind = \"azure-cli\"\n");
+    assert!(matches!(
+        load(&explicit),
+        Some(CredentialSettings::AzureCli { .. })
+    ));
+    let named = format!("{storage}[credential]\nkind = \"default\"\n");
+    let settings = Settings::from_toml(&named).unwrap();
+    assert!(matches!(
+        settings.credential,
+        Some(CredentialSettings::Default)
+    ));
+    let text = settings.to_redacted_toml();
+    assert!(text.contains("[credential]\nkind = \"default\""), "{text}");
+    assert!(Settings::from_toml(&text).is_ok(), "round trip");
+}
+
+#[test]
+fn client_certificate_settings_and_their_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pfx-password");
+    std::fs::write(&password_file, " pass phrase \n").unwrap();
+    let base = "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\n[auth]\n\
+                allow_anonymous_signed_urls = true\n[credential]\nkind = \"client-certificate\"\n\
+                tenant_id = \"t\"\nclient_id = \"c\"\ncertificate_path = \"/etc/cert.pfx\"\n";
+    let settings = Settings::from_toml(&format!(
+        "{base}certificate_password_file = {password_file:?}\n"
+    ))
+    .unwrap();
+    let Some(CredentialSettings::ClientCertificate {
+        certificate_password: Some(password),
+        send_certificate_chain: false,
+        ..
+    }) = &settings.credential
+    else {
+        panic!("{:?}", settings.credential);
+    };
+    assert_eq!(
+        password.expose(),
+        " pass phrase ",
+        "as written, less the line break"
+    );
+    assert!(!settings.to_redacted_toml().contains("pass phrase"));
+    assert!(!format!("{settings:?}").contains("pass phrase"));
+    let both = Settings::from_toml(&format!(
+        "{base}certificate_password = \"x\"\ncertificate_password_file = {password_file:?}\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        both.contains("credential.certificate_password_file"),
+        "{both}"
+    );
+    let missing = Settings::from_toml(&base.replace("certificate_path = \"/etc/cert.pfx\"\n", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("certificate_path"), "{missing}");
 }

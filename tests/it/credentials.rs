@@ -1,9 +1,11 @@
 //! Credentials other than client secret, end to end: a managed identity (App Service form,
 //! served by the fake Entra) lists Azurite over HTTPS and signs user delegation SAS URLs; the
-//! delegation key is reused, then renewed before it gets too short.
+//! delegation key is reused, then renewed before it gets too short. A client certificate from
+//! a PFX file does the same; a PFX that cannot be read stops start-up, naming its key.
 //!
-//! In a process of its own (`support::own_process`): the managed identity is configured
-//! through the process environment, which every other test would share.
+//! The managed identity test runs in a process of its own (`support::own_process`): it is
+//! configured through the process environment, which every other test would share. The
+//! default chain's tests are in `default_credential.rs`.
 
 use crate::support;
 
@@ -119,4 +121,82 @@ ca_file = "{ca}"
     // The first URL has expired by now: Azurite refuses it.
     assert_eq!(get_blob(&client, &url).await.0, 403);
     logs.assert_no_secrets(Some(&entra));
+}
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/credential");
+const PFX_PASSWORD: &str = "test-pfx-password-7e57";
+
+/// The DER of `tests/fixtures/credential/cert.pem`, the certificate of the fixture PFX files.
+fn fixture_certificate() -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(format!("{FIXTURES}/cert.pem"))
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn client_certificate_from_a_pfx_lists_and_signs() {
+    let logs = support::logs::capture();
+    let entra = FakeEntra::new()
+        .with_certificate(fixture_certificate())
+        .serve_https(tls::shared())
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pfx-password");
+    std::fs::write(&password_file, format!("{PFX_PASSWORD}\n")).unwrap();
+    let credential = format!(
+        r#"[credential]
+kind = "client-certificate"
+tenant_id = "{tenant}"
+client_id = "{client}"
+certificate_path = "{FIXTURES}/client-aes.pfx"
+certificate_password_file = "{password_file}"
+authority_host = "{authority}"
+"#,
+        tenant = entra.tenant_id(),
+        client = entra.client_id(),
+        password_file = password_file.display(),
+        authority = entra.authority_host(),
+    );
+    crate::default_credential::serve_a_thumbnail(&entra, &credential, &logs).await;
+    assert!(entra.token_requests(TokenForm::ClientCertificate) >= 1);
+    assert_eq!(entra.token_requests(TokenForm::ClientCredentials), 0);
+    assert!(
+        !logs.text().contains(PFX_PASSWORD),
+        "the PFX password in the logs"
+    );
+    assert!(
+        !logs.text().contains("chosen by the default chain"),
+        "an explicit kind is no chain"
+    );
+}
+
+#[test]
+fn an_unreadable_certificate_stops_start_up_naming_its_key() {
+    let check = |file: &str, password: &str| {
+        let toml = format!(
+            "[source]\nkind = \"storage\"\n[storage]\naccount = \"acct\"\n[auth]\n\
+             allow_anonymous_signed_urls = true\n[credential]\nkind = \"client-certificate\"\n\
+             tenant_id = \"t\"\nclient_id = \"c\"\ncertificate_path = \"{FIXTURES}/{file}\"\n\
+             certificate_password = \"{password}\"\n"
+        );
+        let settings = Settings::from_toml(&toml).unwrap();
+        ams_thumbnails::server::compose::check(&settings)
+    };
+    assert!(check("client-aes.pfx", PFX_PASSWORD).is_ok());
+    let wrong = check("client-aes.pfx", "not-the-password-7e57").unwrap_err();
+    assert_eq!(wrong.key, "credential.certificate_path");
+    assert!(
+        wrong
+            .message
+            .ends_with("client-aes.pfx: cannot decrypt the PFX: wrong password")
+    );
+    assert!(!wrong.to_string().contains("not-the-password-7e57"));
+    let legacy = check("client-legacy.pfx", PFX_PASSWORD).unwrap_err();
+    assert!(
+        legacy.message.contains("legacy PKCS#12 encryption"),
+        "{legacy}"
+    );
+    let missing = check("absent.pfx", "").unwrap_err();
+    assert!(missing.message.contains("cannot read"), "{missing}");
 }

@@ -2279,3 +2279,189 @@ async fn encoding_without_an_output_sink_fails_loudly_instead_of_writing_nothing
         .await;
     assert!(result.is_err(), "{result:?}");
 }
+
+/// A client assertion signed with `key` (PKCS#8 DER) by hand, with the given header and claims.
+fn hand_signed_assertion(key: &[u8], header: Value, claims: Value) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(key).unwrap();
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signature = vec![0; key.public_modulus_len()];
+    key.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test]
+async fn entra_checks_certificate_and_federated_assertions() {
+    use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let (pem, der) = crate::default_credential::generated_certificate();
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let key = key.secret_der().to_vec();
+    let (_, other_der) = crate::default_credential::generated_certificate();
+    let entra = FakeEntra::new()
+        .with_certificate(der.clone())
+        .with_federated_token("projected-token-7e57")
+        .serve_https(tls::shared())
+        .await;
+    let client_id = entra.client_id();
+    let x5t = |der: &[u8]| URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der));
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let claims = json!({
+        "aud": entra.token_url(), "iss": client_id, "sub": client_id,
+        "jti": Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + 300,
+    });
+    let header = json!({ "alg": "RS256", "typ": "JWT", "x5t": x5t(&der) });
+    let post = |client: String, assertion: String| {
+        let entra = entra.clone();
+        async move {
+            https_client()
+                .post(entra.token_url())
+                .form(&[
+                    ("client_id", client.as_str()),
+                    ("client_assertion", assertion.as_str()),
+                    ("client_assertion_type", fake_entra::JWT_BEARER),
+                    ("grant_type", "client_credentials"),
+                    ("scope", "https://storage.azure.com/.default"),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let good = hand_signed_assertion(&key, header.clone(), claims.clone());
+    let response = post(client_id.clone(), good).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(entra.issued_tokens()[0].form, TokenForm::ClientCertificate);
+
+    let mut wrong_aud = claims.clone();
+    wrong_aud["aud"] = json!("https://login.microsoftonline.com/other/oauth2/v2.0/token");
+    let mut expired = claims.clone();
+    expired["exp"] = json!(now - 1);
+    let mut other_cert = header.clone();
+    other_cert["x5t"] = json!(x5t(&other_der));
+    let mut tampered = hand_signed_assertion(&key, header.clone(), claims.clone());
+    tampered.pop();
+    tampered.push('A');
+    for (case, assertion, expected) in [
+        (
+            "aud",
+            hand_signed_assertion(&key, header.clone(), wrong_aud),
+            "aud",
+        ),
+        (
+            "exp",
+            hand_signed_assertion(&key, header.clone(), expired),
+            "time range",
+        ),
+        (
+            "x5t",
+            hand_signed_assertion(&key, other_cert, claims.clone()),
+            "x5t",
+        ),
+        ("signature", tampered, "signature"),
+    ] {
+        let response = post(client_id.clone(), assertion).await;
+        assert_eq!(response.status(), 401, "{case}");
+        let body = json_of(response).await;
+        assert_eq!(body["error"], "invalid_client", "{case}");
+        assert_eq!(body["error_codes"], json!([700027]), "{case}");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(expected), "{case}: {description}");
+    }
+
+    // The workload identity presents the projected token itself.
+    let wi = entra.workload_identity_client_id();
+    assert_eq!(
+        post(wi.clone(), "projected-token-7e57".into())
+            .await
+            .status(),
+        200
+    );
+    let refused = json_of(post(wi, "some-other-token".into()).await).await;
+    assert_eq!(refused["error_codes"], json!([700213]));
+    assert_eq!(entra.token_requests(TokenForm::WorkloadIdentity), 2);
+    assert_eq!(
+        entra.issued_tokens().len(),
+        2,
+        "one certificate, one federated token"
+    );
+}
+
+#[tokio::test]
+async fn entra_imds_form_needs_the_metadata_header_and_a_known_api_version() {
+    let entra = FakeEntra::start_https(tls::shared()).await;
+    let proxy = entra.serve_imds_proxy().await;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .build()
+        .unwrap();
+    let imds = "http://169.254.169.254/metadata/identity/oauth2/token";
+    let get = |query: &'static str, metadata: bool| {
+        let mut request = client.get(format!("{imds}?{query}"));
+        if metadata {
+            request = request.header("Metadata", "true");
+        }
+        request.send()
+    };
+    let ok = get(
+        "api-version=2018-02-01&resource=https://storage.azure.com/",
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body = json_of(ok).await;
+    assert_eq!(body["resource"], "https://storage.azure.com/");
+    assert!(
+        body["expires_on"].is_string(),
+        "IMDS sends numbers as strings"
+    );
+    let claims = fake_entra::verify_jwt(body["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(claims["aud"], "https://storage.azure.com");
+    assert_eq!(claims["oid"], entra.managed_identity_object_id());
+
+    for (query, metadata, description) in [
+        (
+            "api-version=2018-02-01&resource=r",
+            false,
+            "metadata header",
+        ),
+        ("api-version=2017-01-01&resource=r", true, "api-version"),
+        ("api-version=2019-08-01", true, "resource"),
+        (
+            "api-version=2019-08-01&resource=r&client_id=someone",
+            true,
+            "Identity not found",
+        ),
+    ] {
+        let response = get(query, metadata).await.unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body = json_of(response).await;
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains(description),
+            "{query}: {body}"
+        );
+    }
+    let requests = entra.imds_requests();
+    assert_eq!(requests.len(), 5);
+    assert!(requests.iter().all(|r| r.host == "169.254.169.254"));
+    assert_eq!(entra.token_requests(TokenForm::Imds), 5);
+}

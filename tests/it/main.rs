@@ -21,6 +21,7 @@ mod cache;
 mod cli;
 mod connections;
 mod credentials;
+mod default_credential;
 mod events;
 mod fakes;
 mod faults;

@@ -1,14 +1,25 @@
 //! A fake Microsoft Entra ID (Azure AD) token service, in process, for tests that cannot reach
 //! `login.microsoftonline.com` or a managed identity endpoint.
 //!
-//! It speaks the two token forms `azure_identity` 1.0 uses here (see
+//! It speaks the token forms the service's credentials use (see
 //! `shared/reference/azure-storage-notes.md`):
 //! - client credentials: `POST /{tenant}/oauth2/v2.0/token` (form `client_id`, `client_secret`,
 //!   `grant_type=client_credentials`, `scope=<resource>/.default`), reached by pointing the
 //!   credential's authority host at [`FakeEntra::authority_host`];
+//! - the same with `client_assertion` (`client_assertion_type=urn:ietf:params:oauth:client-
+//!   assertion-type:jwt-bearer`) instead of the secret: for the app, an RS256 JWT signed by the
+//!   certificate registered with [`FakeEntra::with_certificate`] (its `x5t`, signature, `aud` =
+//!   the token endpoint, `iss` = `sub` = the client id and times are checked, as the Microsoft
+//!   identity platform's "certificate credentials" page describes); for the workload identity
+//!   ([`FakeEntra::workload_identity_client_id`]), exactly the federated token of
+//!   [`FakeEntra::with_federated_token`];
 //! - App Service managed identity: `GET /msi/token?api-version=2019-08-01&resource=...` with the
 //!   `x-identity-header` secret, reached with `IDENTITY_ENDPOINT=`[`FakeEntra::msi_endpoint`] and
-//!   `IDENTITY_HEADER=`[`FakeEntra::identity_header`].
+//!   `IDENTITY_HEADER=`[`FakeEntra::identity_header`];
+//! - IMDS managed identity: `GET /metadata/identity/oauth2/token?api-version=...&resource=...`
+//!   with `Metadata: true`, over plain HTTP ([`FakeEntra::serve_imds_proxy`]): `azure_identity`
+//!   always asks `http://169.254.169.254`, so the fake stands in as the HTTP proxy
+//!   (`HTTP_PROXY`) and records which host each request was for.
 //!
 //! Tokens are real JWTs (HS256 over [`TEST_SIGNING_KEY`]) with the claims Azurite's
 //! `--oauth basic` checks (`iss`, `aud`, `nbf`/`iat`/`exp`) and the ones a user delegation key
@@ -51,14 +62,35 @@ pub const DEFAULT_OBJECT_ID: &str = "7e57a000-0000-4000-8000-000000000003";
 pub const DEFAULT_MI_CLIENT_ID: &str = "7e57a000-0000-4000-8000-000000000004";
 pub const DEFAULT_MI_OBJECT_ID: &str = "7e57a000-0000-4000-8000-000000000005";
 pub const DEFAULT_IDENTITY_HEADER: &str = "fake-identity-header-7e57";
+pub const DEFAULT_WI_CLIENT_ID: &str = "7e57a000-0000-4000-8000-000000000006";
+pub const DEFAULT_WI_OBJECT_ID: &str = "7e57a000-0000-4000-8000-000000000007";
+/// `client_assertion_type` of both assertion forms.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The api-versions IMDS' identity endpoint takes that the fake accepts.
+pub const IMDS_API_VERSIONS: &[&str] = &["2018-02-01", "2019-08-01"];
 /// The managed identity API version App Service speaks (and `azure_identity` 1.0 sends).
 pub const MSI_API_VERSION: &str = "2019-08-01";
 
 /// Which token request form a request used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenForm {
+    /// Client credentials with a secret.
     ClientCredentials,
+    /// Client credentials with a certificate-signed assertion.
+    ClientCertificate,
+    /// Client credentials with the workload identity's federated token as the assertion.
+    WorkloadIdentity,
+    /// App Service managed identity.
     ManagedIdentity,
+    /// IMDS managed identity.
+    Imds,
+}
+
+/// One request the IMDS endpoint answered: the host it was addressed to and its api-version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImdsRequest {
+    pub host: String,
+    pub api_version: String,
 }
 
 /// A fault for the next token request (either form), consumed in order.
@@ -95,6 +127,12 @@ struct EntraState {
     mi_client_id: String,
     mi_object_id: String,
     identity_header: String,
+    wi_client_id: String,
+    wi_object_id: String,
+    /// DER of the app's certificate, when it has one.
+    certificate: Option<Vec<u8>>,
+    federated_token: Option<String>,
+    imds_requests: Vec<ImdsRequest>,
     lifetime: Duration,
     /// One operation: a token request, of either form.
     faults: FaultQueue<(), EntraFault>,
@@ -121,6 +159,11 @@ impl FakeEntra {
                 mi_client_id: DEFAULT_MI_CLIENT_ID.to_owned(),
                 mi_object_id: DEFAULT_MI_OBJECT_ID.to_owned(),
                 identity_header: DEFAULT_IDENTITY_HEADER.to_owned(),
+                wi_client_id: DEFAULT_WI_CLIENT_ID.to_owned(),
+                wi_object_id: DEFAULT_WI_OBJECT_ID.to_owned(),
+                certificate: None,
+                federated_token: None,
+                imds_requests: Vec::new(),
                 lifetime: Duration::from_secs(3600),
                 faults: FaultQueue::default(),
                 requests: HashMap::new(),
@@ -149,12 +192,14 @@ impl FakeEntra {
                 post(client_credentials_token),
             )
             .route("/msi/token", get(managed_identity_token))
+            .route("/metadata/identity/oauth2/token", get(imds_token))
             .fallback(|| async {
                 aad_error(
                     StatusCode::NOT_FOUND,
                     "invalid_request",
                     90002,
-                    "The fake Entra ID serves only /{tenant}/oauth2/v2.0/token and /msi/token.",
+                    "The fake Entra ID serves only /{tenant}/oauth2/v2.0/token, /msi/token and \
+                     /metadata/identity/oauth2/token.",
                 )
             })
             .with_state(self.clone())
@@ -175,6 +220,28 @@ impl FakeEntra {
             s.client_secret = secret.into();
         }
         self
+    }
+
+    /// Registers a certificate (DER) for the app: assertions signed by its key are accepted.
+    pub fn with_certificate(self, der: Vec<u8>) -> Self {
+        self.state().certificate = Some(der);
+        self
+    }
+
+    /// The federated token the workload identity presents (the projected token file's content).
+    pub fn with_federated_token(self, token: impl Into<String>) -> Self {
+        self.state().federated_token = Some(token.into());
+        self
+    }
+
+    /// Serves the routes over plain HTTP on 127.0.0.1:0 for the IMDS form, to be used as the
+    /// `HTTP_PROXY` of the process under test (requests arrive in absolute form); its address.
+    pub async fn serve_imds_proxy(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = self.router();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        addr
     }
 
     /// How long issued tokens live (`exp - now`, `expires_in`).
@@ -245,6 +312,15 @@ impl FakeEntra {
 
     pub fn object_id(&self) -> String {
         self.state().object_id.clone()
+    }
+
+    pub fn workload_identity_client_id(&self) -> String {
+        self.state().wi_client_id.clone()
+    }
+
+    /// Every request the IMDS endpoint answered (or refused), in order.
+    pub fn imds_requests(&self) -> Vec<ImdsRequest> {
+        self.state().imds_requests.clone()
     }
 
     pub fn managed_identity_client_id(&self) -> String {
@@ -333,8 +409,13 @@ impl FakeEntra {
     fn issue(&self, form: TokenForm, audience: &str) -> (String, OffsetDateTime) {
         let mut s = self.state();
         let (app, oid) = match form {
-            TokenForm::ClientCredentials => (s.client_id.clone(), s.object_id.clone()),
-            TokenForm::ManagedIdentity => (s.mi_client_id.clone(), s.mi_object_id.clone()),
+            TokenForm::ClientCredentials | TokenForm::ClientCertificate => {
+                (s.client_id.clone(), s.object_id.clone())
+            }
+            TokenForm::WorkloadIdentity => (s.wi_client_id.clone(), s.wi_object_id.clone()),
+            TokenForm::ManagedIdentity | TokenForm::Imds => {
+                (s.mi_client_id.clone(), s.mi_object_id.clone())
+            }
         };
         let now = OffsetDateTime::now_utc();
         let claims = token_claims(&s.tenant_id, audience, &app, &oid, s.lifetime, now);
@@ -356,19 +437,25 @@ async fn client_credentials_token(
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
-    if let Some(faulted) = entra.enter(TokenForm::ClientCredentials).await {
-        return faulted;
-    }
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.get(name).map(String::as_str).unwrap_or("");
-    let (tenant_id, client_id, client_secret) = {
+    let (tenant_id, client_id, client_secret, wi_client_id) = {
         let s = entra.state();
         (
             s.tenant_id.clone(),
             s.client_id.clone(),
             s.client_secret.clone(),
+            s.wi_client_id.clone(),
         )
     };
+    let token_form = match (field("client_assertion").is_empty(), field("client_id")) {
+        (true, _) => TokenForm::ClientCredentials,
+        (false, id) if id == wi_client_id => TokenForm::WorkloadIdentity,
+        (false, _) => TokenForm::ClientCertificate,
+    };
+    if let Some(faulted) = entra.enter(token_form).await {
+        return faulted;
+    }
 
     if tenant != tenant_id {
         return aad_error(
@@ -396,7 +483,11 @@ async fn client_credentials_token(
             "The app requested an unsupported grant type (the fake knows client_credentials).",
         );
     }
-    if field("client_id") != client_id {
+    if token_form != TokenForm::ClientCredentials {
+        if let Some(refused) = check_assertion(&entra, token_form, &tenant, field) {
+            return refused;
+        }
+    } else if field("client_id") != client_id {
         return aad_error(
             StatusCode::BAD_REQUEST,
             "unauthorized_client",
@@ -407,7 +498,7 @@ async fn client_credentials_token(
             ),
         );
     }
-    if field("client_secret") != client_secret {
+    if token_form == TokenForm::ClientCredentials && field("client_secret") != client_secret {
         return aad_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -439,7 +530,7 @@ async fn client_credentials_token(
     }
 
     let audience = normalize_audience(scope);
-    let (token, _) = entra.issue(TokenForm::ClientCredentials, &audience);
+    let (token, _) = entra.issue(token_form, &audience);
     let lifetime = entra.token_lifetime().as_secs();
     json_response(
         StatusCode::OK,
@@ -524,6 +615,241 @@ async fn managed_identity_token(
             "resource": param("resource"),
             "token_type": "Bearer",
             "client_id": mi_client_id,
+        }),
+    )
+}
+
+/// Checks a `client_assertion`: the federated token itself for the workload identity, else a
+/// JWT signed by the app's certificate. `Some` is the AADSTS refusal Entra ID would give.
+fn check_assertion<'a>(
+    entra: &FakeEntra,
+    form: TokenForm,
+    tenant: &str,
+    field: impl Fn(&str) -> &'a str,
+) -> Option<Response> {
+    let invalid = |code: u32, description: &str| {
+        aad_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            code,
+            description,
+        )
+    };
+    if field("client_assertion_type") != JWT_BEARER {
+        return Some(aad_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50027,
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+        ));
+    }
+    let assertion = field("client_assertion");
+    let (client_id, certificate, federated) = {
+        let s = entra.state();
+        (
+            s.client_id.clone(),
+            s.certificate.clone(),
+            s.federated_token.clone(),
+        )
+    };
+    if form == TokenForm::WorkloadIdentity {
+        return match federated {
+            Some(token) if token == assertion => None,
+            _ => Some(invalid(
+                700213,
+                "No matching federated identity record found for presented assertion.",
+            )),
+        };
+    }
+    if field("client_id") != client_id {
+        return Some(aad_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700016,
+            &format!(
+                "Application with identifier '{}' was not found.",
+                field("client_id")
+            ),
+        ));
+    }
+    let Some(certificate) = certificate else {
+        return Some(invalid(700027, "The app has no certificate credential."));
+    };
+    let audience = format!("{}/{tenant}/oauth2/v2.0/token", entra.base_url());
+    verify_certificate_assertion(assertion, &certificate, &audience, &client_id)
+        .err()
+        .map(|reason| invalid(700027, &format!("Client assertion failed: {reason}")))
+}
+
+/// Verifies an RS256 client assertion against the certificate `der`: `x5t` names it, its key
+/// signed it, and `aud`, `iss`, `sub`, `nbf`, `exp` and `jti` are as Entra ID requires.
+pub fn verify_certificate_assertion(
+    jwt: &str,
+    der: &[u8],
+    audience: &str,
+    client_id: &str,
+) -> Result<(), String> {
+    use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+    use aws_lc_rs::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+
+    let (input, signature) = jwt.rsplit_once('.').ok_or("not a JWT")?;
+    let (header, _) = input.split_once('.').ok_or("not a JWT")?;
+    let header: Value = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or("the header is not base64url JSON")?;
+    if header["alg"] != "RS256" {
+        return Err(format!("alg {} (RS256 expected)", header["alg"]));
+    }
+    let thumbprint = URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der));
+    if header["x5t"] != thumbprint.as_str() {
+        return Err("x5t does not name the registered certificate".into());
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "the signature is not base64url")?;
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, rsa_public_key(der)?)
+        .verify(input.as_bytes(), &signature)
+        .map_err(|_| "the signature does not verify with the certificate's key")?;
+    let claims = jwt_claims(jwt)?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let int = |name: &str| claims[name].as_i64().ok_or(format!("no {name}"));
+    if claims["aud"] != audience {
+        return Err(format!("aud {} (expected {audience})", claims["aud"]));
+    }
+    if claims["iss"] != client_id || claims["sub"] != client_id {
+        return Err("iss and sub must be the client id".into());
+    }
+    if int("nbf")? > now + 60 || int("exp")? <= now || int("exp")? > now + 3600 {
+        return Err("not within its valid time range".into());
+    }
+    if claims["jti"].as_str().is_none_or(str::is_empty) {
+        return Err("no jti".into());
+    }
+    Ok(())
+}
+
+/// The RSAPublicKey DER inside an X.509 certificate's SubjectPublicKeyInfo.
+fn rsa_public_key(certificate: &[u8]) -> Result<&[u8], String> {
+    /// The content of the DER element at the start of `der`, and what follows it.
+    fn element(der: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {
+        let bad = || "malformed certificate".to_owned();
+        let (&tag, rest) = der.split_first().ok_or_else(bad)?;
+        let (&first, rest) = rest.split_first().ok_or_else(bad)?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            let (bytes, rest) = rest.split_at_checked(n).ok_or_else(bad)?;
+            (
+                bytes.iter().fold(0, |l, b| (l << 8) | usize::from(*b)),
+                rest,
+            )
+        };
+        let (content, rest) = rest.split_at_checked(len).ok_or_else(bad)?;
+        Ok((tag, content, rest))
+    }
+    let (_, cert, _) = element(certificate)?;
+    let (_, tbs, _) = element(cert)?;
+    let mut rest = tbs;
+    // [0] version (optional), serial, signature, issuer, validity, subject: skipped.
+    let (tag, _, after) = element(rest)?;
+    if tag == 0xa0 {
+        rest = after;
+    }
+    for _ in 0..5 {
+        rest = element(rest)?.2;
+    }
+    let (_, spki, _) = element(rest)?;
+    let (_, bits, _) = element(element(spki)?.2)?;
+    bits.split_first()
+        .filter(|(unused, _)| **unused == 0)
+        .map(|(_, key)| key)
+        .ok_or("malformed public key".into())
+}
+
+async fn imds_token(
+    State(entra): State<FakeEntra>,
+    uri: axum::http::Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let param = |name: &str| query.get(name).map(String::as_str).unwrap_or("");
+    // Proxied: the absolute-form target names the host the client meant.
+    let host = uri
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    entra.state().imds_requests.push(ImdsRequest {
+        host,
+        api_version: param("api-version").to_owned(),
+    });
+    if let Some(faulted) = entra.enter(TokenForm::Imds).await {
+        return faulted;
+    }
+    let imds_error = |status: StatusCode, error: &str, description: &str| {
+        json_response(
+            status,
+            &json!({ "error": error, "error_description": description }),
+        )
+    };
+    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return imds_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
+    }
+    if !IMDS_API_VERSIONS.contains(&param("api-version")) {
+        return imds_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Invalid or missing api-version",
+        );
+    }
+    if param("resource").is_empty() {
+        return imds_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required resource parameter not specified",
+        );
+    }
+    let mi_client_id = entra.managed_identity_client_id();
+    let requested = param("client_id");
+    if !requested.is_empty() && requested != mi_client_id {
+        return imds_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Identity not found",
+        );
+    }
+    let audience = normalize_audience(param("resource"));
+    let (token, expires_on) = entra.issue(TokenForm::Imds, &audience);
+    let lifetime = entra.token_lifetime().as_secs();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    // IMDS sends its numbers as strings.
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "access_token": token,
+            "client_id": mi_client_id,
+            "expires_in": lifetime.to_string(),
+            "expires_on": expires_on.unix_timestamp().to_string(),
+            "ext_expires_in": lifetime.to_string(),
+            "not_before": now.to_string(),
+            "resource": param("resource"),
+            "token_type": "Bearer",
         }),
     )
 }

@@ -313,6 +313,56 @@ ATTACKS = {
 PEAK_GOAL_MIB = 100e6 / 2**20
 
 
+def shared_rows(records: list[dict], meta: dict) -> list[tuple[str, str, str, str]]:
+    """The shared phase: storms, invalidation latency, Redis memory, moka vs Redis hits."""
+    rows = []
+    for r in records:
+        if r["kind"] == "storm":
+            exact = r["locate"] == 1 and r["list"] == 1
+            goal = r["name"] == "shared"
+            result = (
+                f"**{r['locate']:.3f} metadata + {r['list']:.3f} list** calls per asset in total "
+                f"({r['link']:.3f} signings; {r['requests']:,} requests in {r['wall_s']:.2f} s, "
+                f"status {r['codes']})" + (f" {'PASS' if exact else 'FAIL'}" if goal else "")
+            )
+            title = (
+                f"Three replicas, {r['assets']:,} cold assets each asked through all three at once, "
+                + ("`[cache.shared]` (Redis)" if goal else "no shared tier (islands, the baseline)")
+            )
+            rows.append((title, result, "1 + 1 per asset" if goal else "(baseline: up to 3 + 3)", f"`{r['command']}`"))
+        elif r["kind"] == "invalidation":
+            ok = r["p99_ms"] < 100
+            rows.append((
+                f"Invalidation latency, three replicas: `DELETE` on one to the last serving the fresh answer ({r['trials']} trials)",
+                f"p50 {r['p50_ms']:.1f} ms, **p99 {r['p99_ms']:.1f} ms**, max {r['max_ms']:.1f} ms {'PASS' if ok else 'FAIL'}",
+                "p99 < 100 ms",
+                f"`{r['command']}`",
+            ))
+        elif r["kind"] == "redis_memory":
+            rows.append((
+                f"Redis memory per cached asset ({r['assets']:,} assets × 10 thumbnails, {r['keys']:,} keys)",
+                f"**{r['per_asset']:,.0f} B per asset** (`used_memory` {r['used_before']:,} → {r['used_after']:,} B) "
+                f"against a {r['body_bytes']:,} B JSON body ({r['per_asset'] / r['body_bytes']:.2f}x)",
+                "(reported)",
+                f"`{r['command']}`",
+            ))
+    ids = meta.get("ids", "?")
+    rows.append(ratio_row(
+        records, "shared-moka", "shared-bare",
+        f"Cached (moka hit) vs bare handler with `[cache.shared]` configured, {ids:,} ids" if meta else "Cached vs bare, shared configured",
+        0.90,
+    ))
+    redis_row = ratio_row(
+        records, "shared-redis", "shared-moka",
+        f"Shared-tier hit (moka miss, Redis GET) vs moka hit, {ids:,} ids" if meta else "Shared-tier hit vs moka hit",
+        0.0,
+    )
+    if redis_row:
+        title, result, _, command = redis_row
+        rows.append((title, result.replace(" PASS", ""), "(reported)", command))
+    return [r for r in rows if r]
+
+
 def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
     rows = []
     for mode, what in ATTACKS.items():
@@ -428,6 +478,7 @@ def report(records_path: str, results_md: str) -> None:
                 f"`{r['command']}`",
             )
         )
+    rows += shared_rows(records, meta.get("shared", {}))
     rows += hostile_rows(records)
     rows = [r for r in rows if r]
     lines = []

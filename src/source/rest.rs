@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use azure_core::credentials::TokenCredential;
 use bytes::Bytes;
 use serde::Deserialize;
+use tracing::Instrument;
 use url::Url;
 
 use super::SourceError;
@@ -177,7 +178,20 @@ impl RestClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let retry_in = match request.send().await {
+            // One client span per try; the callee continues the trace from it.
+            let span = crate::propagation::client_span(method.as_str(), url, attempt, self.backend);
+            for (name, value) in crate::propagation::outgoing(&span) {
+                request = request.header(name, value);
+            }
+            let sent = request.send().instrument(span.clone()).await;
+            match &sent {
+                Ok(response) => {
+                    crate::propagation::record_status(&span, response.status().as_u16())
+                }
+                Err(e) => crate::propagation::record_error(&span, transport_error(e)),
+            }
+            drop(span);
+            let retry_in = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let retry_after = response
@@ -322,6 +336,17 @@ impl RestClient {
             Ok(body) => parse_error(self.envelope, &body),
             Err(_) => BackendError::default(),
         }
+    }
+}
+
+/// How a try that got no answer failed, for its span.
+fn transport_error(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
     }
 }
 

@@ -3,7 +3,8 @@
 //! - [`JsonLine`]: one flat JSON object a line: `timestamp`, `level`, `target`, `span` (the
 //!   innermost span's name), `message`, then the fields of every span in scope (outermost
 //!   first, inner ones winning) and of the event itself (winning over the spans'), at the top
-//!   level; numbers stay numbers. With tracing on, `trace_id` and `span_id` of the span the
+//!   level (but `otel.*`, which only steer the exported span); numbers stay numbers. With
+//!   tracing on, `trace_id` and `span_id` of the span the
 //!   event belongs to.
 //! - [`Human`]: `tracing_subscriber`'s full format, with ` trace_id=… span_id=…` at the end of
 //!   the line when tracing is on.
@@ -150,7 +151,12 @@ where
             put(&mut line, key, value);
         }
         for (key, value) in &fields {
-            if !HEAD.contains(&key.as_str()) && key != "trace_id" && key != "span_id" {
+            // `otel.*` fields steer the exported span (kind, name, status), not the log.
+            if !HEAD.contains(&key.as_str())
+                && key != "trace_id"
+                && key != "span_id"
+                && !key.starts_with("otel.")
+            {
                 put(&mut line, key, value);
             }
         }

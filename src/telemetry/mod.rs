@@ -83,10 +83,12 @@ pub fn init(settings: &LogSettings) -> Result<Tracing, Invalid> {
         .is_ok();
     if installed && provider.is_some() {
         crate::propagation::enable();
-        tracing::info!(
-            protocol = ?otel.as_ref().map(|o| o.protocol),
-            "traces: exporting spans over OTLP/HTTP"
-        );
+        if let Some(otel) = &otel {
+            tracing::info!(
+                protocol = otel.protocol.as_str(),
+                "traces: exporting spans over OTLP/HTTP"
+            );
+        }
     }
     Ok(Tracing {
         provider: provider.filter(|_| installed),

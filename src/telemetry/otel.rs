@@ -37,6 +37,16 @@ pub enum OtlpProtocol {
     Json,
 }
 
+impl OtlpProtocol {
+    /// The value of `OTEL_EXPORTER_OTLP_PROTOCOL` that names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Protobuf => "http/protobuf",
+            Self::Json => "http/json",
+        }
+    }
+}
+
 /// A non-empty variable.
 fn var(get: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     get(name)

@@ -75,6 +75,8 @@ struct Span {
     trace: String,
     id: String,
     parent: String,
+    /// Nanoseconds since the epoch.
+    start: u128,
     attributes: HashMap<String, Value>,
 }
 
@@ -102,6 +104,10 @@ impl Span {
             trace: json["traceId"].as_str().unwrap().to_owned(),
             id: json["spanId"].as_str().unwrap().to_owned(),
             parent: json["parentSpanId"].as_str().unwrap_or_default().to_owned(),
+            start: match &json["startTimeUnixNano"] {
+                Value::String(s) => s.parse().unwrap(),
+                other => other.as_u64().unwrap().into(),
+            },
             attributes,
         }
     }
@@ -115,7 +121,7 @@ impl Span {
     }
 }
 
-/// The tree under `root`, one span a line, indented by depth (children by name).
+/// The tree under `root`, one span a line, indented by depth (children in order of start).
 fn render(spans: &[Span], root: &Span) -> String {
     fn walk(spans: &[Span], span: &Span, depth: usize, out: &mut String) {
         let kind = match span.kind {
@@ -139,7 +145,7 @@ fn render(spans: &[Span], root: &Span) -> String {
             span.name
         ));
         let mut children: Vec<&Span> = spans.iter().filter(|s| s.parent == span.id).collect();
-        children.sort_by_key(|s| s.name.clone());
+        children.sort_by_key(|s| s.start);
         for child in children {
             walk(spans, child, depth + 1, out);
         }

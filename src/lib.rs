@@ -11,6 +11,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod propagation;
 pub mod recognise;
 pub mod resolver;
 pub mod secret;

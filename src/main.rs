@@ -98,7 +98,20 @@ fn run(blocking_threads: usize, fut: impl std::future::Future<Output = ExitCode>
 }
 
 async fn serve(settings: Settings) -> ExitCode {
-    telemetry::init(&settings.log);
+    let tracing = match telemetry::init(&settings.log) {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("ams-thumbnails: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve_traced(settings).await;
+    // The spans still queued leave before the process does.
+    let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+    code
+}
+
+async fn serve_traced(settings: Settings) -> ExitCode {
     match server::fd_limit::raise() {
         Ok(limit) => tracing::debug!(open_files = limit, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "open-file limit not raised"),

@@ -5,6 +5,7 @@ pub mod blob;
 pub mod credential;
 pub mod links;
 pub mod sas;
+mod traced;
 pub mod validity;
 
 use std::sync::Arc;
@@ -42,8 +43,8 @@ pub fn http_client(settings: &UpstreamSettings) -> Result<reqwest::Client, Inval
     })
 }
 
-/// SDK client options: our transport, and retries bounded by our budget (the SDK's default
-/// budget is about a minute, far past any client's patience).
+/// SDK client options: our transport, retries bounded by our budget (the SDK's default
+/// budget is about a minute, far past any client's patience), and a client span per try.
 pub fn client_options(settings: &UpstreamSettings, client: &reqwest::Client) -> ClientOptions {
     let retry = if settings.max_retries == 0 {
         RetryOptions::none()
@@ -58,9 +59,12 @@ pub fn client_options(settings: &UpstreamSettings, client: &reqwest::Client) -> 
     };
     ClientOptions {
         retry,
-        per_try_policies: vec![Arc::new(ThrottleBeyondBudget {
-            budget: settings.retry_budget,
-        })],
+        per_try_policies: vec![
+            Arc::new(traced::TracePolicy),
+            Arc::new(ThrottleBeyondBudget {
+                budget: settings.retry_budget,
+            }),
+        ],
         transport: Some(Transport::new(Arc::new(client.clone()))),
         ..Default::default()
     }

@@ -14,6 +14,7 @@ mod api;
 mod auth;
 mod azure;
 mod cache;
+mod cidr;
 mod error;
 mod events;
 mod jobs;
@@ -39,6 +40,7 @@ pub use azure::{
     StorageSettings, uses_ams_container_sas,
 };
 pub use cache::{CacheSettings, MAX_URL_LIFETIME, SharedCacheSettings};
+pub use cidr::Cidr;
 pub use error::{ConfigError, Invalid};
 pub use events::{
     EVENT_GRID_ROLE, EventsEntraSettings, EventsSettings, MIN_SECRET_LEN, SECRET_PARAMETER,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::Invalid;
+use super::cidr::Cidr;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,6 +59,11 @@ pub struct ServerSettings {
     /// bound is 512: a flood of cold local assets grew the pool to that, each thread with its
     /// stack, and glibc spread the transient allocations over every arena it has.
     pub blocking_threads: usize,
+    /// Networks of the reverse proxies and load balancers in front of the service (CIDR, or
+    /// one address). From a peer in one of them, `Forwarded` (else `X-Forwarded-For`) names
+    /// the client: the right-most address that is not itself a trusted proxy. From any other
+    /// peer those headers are ignored. Empty: the socket peer is the client.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ServerSettings {
@@ -77,6 +83,7 @@ impl Default for ServerSettings {
             body_read_timeout: Duration::from_secs(10),
             body_min_rate: 1024,
             blocking_threads: 16,
+            trusted_proxies: Vec::new(),
         }
     }
 }

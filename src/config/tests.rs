@@ -254,3 +254,34 @@ fn client_certificate_settings_and_their_password_file() {
         .to_string();
     assert!(missing.contains("certificate_path"), "{missing}");
 }
+
+#[test]
+fn trusted_proxies_are_cidr_networks() {
+    let s = Settings::from_toml("").unwrap();
+    assert!(s.server.trusted_proxies.is_empty(), "none by default");
+    let s = Settings::from_toml(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n",
+    )
+    .unwrap();
+    let shown: Vec<String> = s
+        .server
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]);
+    assert!(s.to_redacted_toml().contains("\"10.0.0.0/8\""));
+    for (value, reason) in [
+        ("[\"10.0.0.1/8\"]", "host bits"),
+        ("[\"lb.internal\"]", "not an IP address"),
+        ("[\"10.0.0.0/40\"]", "0 to 32"),
+    ] {
+        let err = Settings::from_toml(&format!("[server]\ntrusted_proxies = {value}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.trusted_proxies") && err.contains(reason),
+            "{value}: {err}"
+        );
+    }
+}

@@ -427,7 +427,12 @@ impl Guard {
     }
 }
 
+/// The client's address: [`super::client_addr`] (behind trusted proxies, the one they name),
+/// else the socket peer.
 fn client_addr(request: &Request) -> Option<std::net::IpAddr> {
+    if let Some(super::client_addr::ClientAddr(addr)) = request.extensions().get() {
+        return Some(*addr);
+    }
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

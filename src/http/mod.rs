@@ -5,6 +5,7 @@ mod assets;
 pub mod auth;
 mod batch;
 mod body;
+pub mod client_addr;
 mod cors;
 mod demo;
 pub mod events;
@@ -16,20 +17,19 @@ pub mod problem;
 mod rate_limit;
 mod request_metrics;
 pub mod routes;
+mod trace;
 
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::config::{ApiSettings, BenchSettings, ServerSettings};
 use crate::resolver::Resolver;
@@ -105,11 +105,12 @@ pub fn route_table(state: &AppState) -> Vec<(Method, String)> {
         .collect()
 }
 
-/// The application: the route table's router under the middleware (request ids, the request
-/// span, the panic guard, CORS, then the gate: metrics, security headers, limits, auth, load
+/// The application: the route table's router under the middleware (request ids, the client
+/// address, the request span, the panic guard, CORS, then the gate: metrics, security headers, limits, auth, load
 /// shedding and the timeout, each by the matched route's policy).
 pub fn app(state: AppState) -> Router {
     let (router, policies) = routes::build(routes::table(&state));
+    let policies = Arc::new(policies);
     let cors = cors::layer(&state.api.cors_allowed_origins);
     crate::metrics::handle();
     // One layer (so one boxed route level) for the whole stack, outermost first.
@@ -119,24 +120,14 @@ pub fn app(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(gate::RequestIds)
+                .layer(client_addr::ClientAddrLayer::new(
+                    &state.server.trusted_proxies,
+                ))
                 .layer(
                     TraceLayer::new_for_http()
-                        .make_span_with(|request: &Request<Body>| {
-                            let request_id = request
-                                .headers()
-                                .get(&REQUEST_ID)
-                                .and_then(|id| id.to_str().ok())
-                                .unwrap_or_default();
-                            // The path only: query strings may carry tokens.
-                            tracing::info_span!(
-                                "request",
-                                method = %request.method(),
-                                path = %request.uri().path(),
-                                request_id,
-                                client = tracing::field::Empty,
-                            )
-                        })
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                        .make_span_with(trace::RequestSpan::new(policies.clone()))
+                        .on_response(trace::Finished)
+                        .on_failure(trace::Failed),
                 )
                 .layer(CatchPanicLayer::custom(|_| {
                     // The panic message stays in the log (printed by the panic hook), never in
@@ -148,7 +139,7 @@ pub fn app(state: AppState) -> Router {
                 .layer(gate::Gate::new(
                     &state.server,
                     state.guard.clone(),
-                    Arc::new(policies),
+                    policies,
                 )),
         )
         .with_state(state)

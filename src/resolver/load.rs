@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use super::entry::{Entry, Resolved};
 use super::{Inner, render};
@@ -30,10 +31,15 @@ struct Storyboards {
 impl Inner {
     /// The entry of `id`: through the shared tier when there is one, else from the source.
     pub(super) async fn load(&self, id: &AssetId) -> Result<Entry, SourceError> {
-        match &self.shared {
-            Some(tier) => self.load_through(tier, id).await,
-            None => self.load_from_source(id).await,
+        let span = tracing::info_span!("load", asset_id = %id, shared_tier = self.shared.is_some());
+        async {
+            match &self.shared {
+                Some(tier) => self.load_through(tier, id).await,
+                None => self.load_from_source(id).await,
+            }
         }
+        .instrument(span)
+        .await
     }
 
     pub(super) async fn load_from_source(&self, id: &AssetId) -> Result<Entry, SourceError> {

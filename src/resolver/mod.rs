@@ -14,6 +14,7 @@ use bytes::Bytes;
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
+use tracing::Instrument;
 
 mod entry;
 mod load;
@@ -216,7 +217,12 @@ impl Resolver {
                 }
                 self.hit(entry, Instant::now(), || id.clone())
             }
-            None => self.miss(id).await,
+            // A span on the miss path only: a hit stays one lookup and one clock reading.
+            None => {
+                self.miss(id)
+                    .instrument(tracing::info_span!("resolve", asset_id = %id))
+                    .await
+            }
         }
     }
 
@@ -311,49 +317,55 @@ impl Resolver {
         }
         let inner = self.inner.clone();
         let id = id.clone();
-        tokio::spawn(async move {
-            // No request waits on a refresh, so no request timeout bounds it: this does.
-            let loaded = tokio::time::timeout(inner.refresh_deadline, inner.load(&id))
-                .await
-                .unwrap_or(Err(SourceError::Timeout { backend: "refresh" }));
-            match loaded {
-                Ok(fresh) => {
-                    let published = match &fresh {
-                        Entry::Found(r) => Some(r.clone()),
-                        Entry::NotFound { .. } => None,
-                    };
-                    let result = inner
-                        .cache
-                        .entry(id.key())
-                        .and_compute_with(|current| {
-                            let same = matches!(
-                                current.as_ref().map(|e| e.value()),
-                                Some(Entry::Found(r)) if Arc::ptr_eq(r, &stale)
-                            );
-                            std::future::ready(if same { Op::Put(fresh) } else { Op::Nop })
-                        })
-                        .await;
-                    match (result, published) {
-                        (moka::ops::compute::CompResult::ReplacedWith(_), Some(r)) => {
-                            inner.publish(id.key(), &r).await;
+        // Its own trace (no request waits on it), linked from the request that started it.
+        let span = tracing::info_span!(parent: None, "refresh", asset_id = %id);
+        span.follows_from(tracing::Span::current());
+        tokio::spawn(
+            async move {
+                // No request waits on a refresh, so no request timeout bounds it: this does.
+                let loaded = tokio::time::timeout(inner.refresh_deadline, inner.load(&id))
+                    .await
+                    .unwrap_or(Err(SourceError::Timeout { backend: "refresh" }));
+                match loaded {
+                    Ok(fresh) => {
+                        let published = match &fresh {
+                            Entry::Found(r) => Some(r.clone()),
+                            Entry::NotFound { .. } => None,
+                        };
+                        let result = inner
+                            .cache
+                            .entry(id.key())
+                            .and_compute_with(|current| {
+                                let same = matches!(
+                                    current.as_ref().map(|e| e.value()),
+                                    Some(Entry::Found(r)) if Arc::ptr_eq(r, &stale)
+                                );
+                                std::future::ready(if same { Op::Put(fresh) } else { Op::Nop })
+                            })
+                            .await;
+                        match (result, published) {
+                            (moka::ops::compute::CompResult::ReplacedWith(_), Some(r)) => {
+                                inner.publish(id.key(), &r).await;
+                            }
+                            // Now "not found": the stale entry (replaced in moka) leaves the index.
+                            (moka::ops::compute::CompResult::ReplacedWith(_), None) => {
+                                inner.hot.remove(id.as_str(), &stale);
+                            }
+                            _ => {}
                         }
-                        // Now "not found": the stale entry (replaced in moka) leaves the index.
-                        (moka::ops::compute::CompResult::ReplacedWith(_), None) => {
-                            inner.hot.remove(id.as_str(), &stale);
-                        }
-                        _ => {}
+                    }
+                    Err(_) => {
+                        metrics::counter!("cache_refresh_failures_total").increment(1);
                     }
                 }
-                Err(_) => {
-                    metrics::counter!("cache_refresh_failures_total").increment(1);
-                }
+                inner
+                    .refreshing
+                    .lock()
+                    .expect("not poisoned")
+                    .remove(id.as_str());
             }
-            inner
-                .refreshing
-                .lock()
-                .expect("not poisoned")
-                .remove(id.as_str());
-        });
+            .instrument(span),
+        );
     }
 
     /// Drops an asset's cache entry, on every replica.

@@ -1,5 +1,6 @@
-//! Backends wrapped with upstream metrics (calls, latency, outcome by backend and operation).
-//! The wrapped backends stay ignorant of metrics, as they are of caching.
+//! Backends wrapped with upstream metrics (calls, latency, outcome by backend and operation)
+//! and a span per call (`locate`, `list`, `read`, `sign`: the upstream tries are its children).
+//! The wrapped backends stay ignorant of metrics and spans, as they are of caching.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,6 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::{AssetLocation, Backend, BlobStore, Catalog, Linker, SourceError};
 use crate::asset_id::AssetId;
@@ -64,14 +66,22 @@ fn record<T>(
 #[async_trait]
 impl<T: Catalog + ?Sized> Catalog for Instrumented<T> {
     async fn locate(&self, id: &AssetId) -> Result<AssetLocation, SourceError> {
-        let _permit = self.permit().await;
-        let started = Instant::now();
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let span = tracing::info_span!("locate", backend = self.backend, asset_id = %id, outcome = tracing::field::Empty);
+        async {
+            let _permit = self.permit().await;
+            let started = Instant::now();
+            if !self.latency.is_zero() {
+                tokio::time::sleep(self.latency).await;
+            }
+            let result = self.inner.locate(id).await;
+            record(self.backend, "locate", started, &result);
+            result
         }
-        let result = self.inner.locate(id).await;
-        record(self.backend, "locate", started, &result);
-        result
+        .instrument(span.clone())
+        .await
+        .inspect_err(|e| {
+            span.record("outcome", outcome_of(e));
+        })
     }
 
     /// In memory: no upstream call to count or bound.
@@ -83,10 +93,25 @@ impl<T: Catalog + ?Sized> Catalog for Instrumented<T> {
 #[async_trait]
 impl<T: BlobStore + ?Sized> BlobStore for Instrumented<T> {
     async fn list(&self, location: &AssetLocation) -> Result<Vec<BlobEntry>, SourceError> {
-        let _permit = self.permit().await;
-        let started = Instant::now();
-        let result = self.inner.list(location).await;
-        record(self.backend, "list", started, &result);
+        let span = tracing::info_span!(
+            "list",
+            backend = self.backend,
+            blobs = tracing::field::Empty,
+            outcome = tracing::field::Empty
+        );
+        let result = async {
+            let _permit = self.permit().await;
+            let started = Instant::now();
+            let result = self.inner.list(location).await;
+            record(self.backend, "list", started, &result);
+            result
+        }
+        .instrument(span.clone())
+        .await;
+        match &result {
+            Ok(blobs) => span.record("blobs", blobs.len()),
+            Err(e) => span.record("outcome", outcome_of(e)),
+        };
         result
     }
 
@@ -96,11 +121,23 @@ impl<T: BlobStore + ?Sized> BlobStore for Instrumented<T> {
         name: &str,
         limit: usize,
     ) -> Result<Bytes, SourceError> {
-        let _permit = self.permit().await;
-        let started = Instant::now();
-        let result = self.inner.read(location, name, limit).await;
-        record(self.backend, "read", started, &result);
-        result
+        let span = tracing::info_span!(
+            "read",
+            backend = self.backend,
+            outcome = tracing::field::Empty
+        );
+        async {
+            let _permit = self.permit().await;
+            let started = Instant::now();
+            let result = self.inner.read(location, name, limit).await;
+            record(self.backend, "read", started, &result);
+            result
+        }
+        .instrument(span.clone())
+        .await
+        .inspect_err(|e| {
+            span.record("outcome", outcome_of(e));
+        })
     }
 }
 
@@ -111,11 +148,25 @@ impl<T: Linker + ?Sized> Linker for Instrumented<T> {
         location: &AssetLocation,
         names: &[&str],
     ) -> Result<Vec<Link>, SourceError> {
-        let _permit = self.permit().await;
-        let started = Instant::now();
-        let result = self.inner.link(location, names).await;
-        record(self.backend, "link", started, &result);
-        result
+        // `sign`: what a linker does to a URL (a SAS, or nothing for public links).
+        let span = tracing::info_span!(
+            "sign",
+            backend = self.backend,
+            links = names.len(),
+            outcome = tracing::field::Empty
+        );
+        async {
+            let _permit = self.permit().await;
+            let started = Instant::now();
+            let result = self.inner.link(location, names).await;
+            record(self.backend, "link", started, &result);
+            result
+        }
+        .instrument(span.clone())
+        .await
+        .inspect_err(|e| {
+            span.record("outcome", outcome_of(e));
+        })
     }
 }
 

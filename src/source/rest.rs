@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use azure_core::credentials::TokenCredential;
 use bytes::Bytes;
 use serde::Deserialize;
+use tracing::Instrument;
 use url::Url;
 
 use super::SourceError;
@@ -177,7 +178,20 @@ impl RestClient {
             if let Some(body) = body {
                 request = request.json(body);
             }
-            let retry_in = match request.send().await {
+            // One client span per try; the callee continues the trace from it.
+            let span = crate::propagation::client_span(method.as_str(), url, attempt, self.backend);
+            for (name, value) in crate::propagation::outgoing(&span) {
+                request = request.header(name, value);
+            }
+            let sent = request.send().instrument(span.clone()).await;
+            match &sent {
+                Ok(response) => {
+                    crate::propagation::record_status(&span, response.status().as_u16())
+                }
+                Err(e) => crate::propagation::record_error(&span, transport_error(e)),
+            }
+            drop(span);
+            let retry_in = match sent {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let retry_after = response
@@ -325,6 +339,17 @@ impl RestClient {
     }
 }
 
+/// How a try that got no answer failed, for its span.
+fn transport_error(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    }
+}
+
 /// The backend's error from its envelope, each field sanitised (printable, bounded).
 pub fn parse_error(envelope: ErrorEnvelope, body: &[u8]) -> BackendError {
     #[derive(Deserialize)]
@@ -452,5 +477,84 @@ mod tests {
                 "{attempt}: {wait}"
             );
         }
+    }
+
+    /// Every try carries a `traceparent` of the caller's trace, naming that try's own span.
+    #[tokio::test]
+    async fn every_try_sends_the_callers_trace() {
+        use opentelemetry::trace::{TraceContextExt, TracerProvider};
+        use std::sync::{Arc, Mutex};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let recorded = seen.clone();
+        let app = axum::Router::new().route(
+            "/subscriptions/s/assets",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let recorded = recorded.clone();
+                async move {
+                    let mut seen = recorded.lock().unwrap();
+                    seen.push(
+                        headers
+                            .get("traceparent")
+                            .map(|v| v.to_str().unwrap().to_owned()),
+                    );
+                    // The first try is throttled: the second is a retry.
+                    let status = if seen.len() == 1 { 503 } else { 200 };
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [("retry-after", "0")],
+                        "{}",
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let _default = tracing::subscriber::set_default(subscriber);
+        crate::propagation::enable();
+
+        let client = RestClient::new(
+            reqwest::Client::new(),
+            "ams",
+            "AMS",
+            "ARM refused the service's identity",
+            Bearer::Token(Secret::new("token")),
+            ErrorEnvelope::Arm,
+            &UpstreamSettings::default(),
+        );
+        let url = Url::parse(&format!(
+            "http://{addr}/subscriptions/s/assets?api-version=2023-01-01"
+        ))
+        .unwrap();
+        let caller = tracing::info_span!("locate");
+        let trace_id = caller.context().span().span_context().trace_id();
+        let body = client
+            .get(&url, "list assets")
+            .instrument(caller)
+            .await
+            .unwrap();
+        assert_eq!(body.as_deref(), Some(&b"{}"[..]));
+
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let parents: Vec<String> = seen
+            .iter()
+            .map(|traceparent| {
+                let traceparent = traceparent.as_deref().expect("a traceparent on every try");
+                let parts: Vec<&str> = traceparent.split('-').collect();
+                assert_eq!(parts[0], "00");
+                assert_eq!(parts[1], trace_id.to_string(), "the caller's trace");
+                assert_eq!(parts[3], "01", "sampled");
+                parts[2].to_owned()
+            })
+            .collect();
+        assert_ne!(parents[0], parents[1], "one span per try");
     }
 }

@@ -71,7 +71,7 @@ impl Service {
         let mut cmd = Command::new(BIN);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
         for (key, _) in std::env::vars() {
-            if key.starts_with("AMS_THUMBNAILS_") {
+            if key.starts_with("AMS_THUMBNAILS_") || key.starts_with("OTEL_") {
                 cmd.env_remove(key);
             }
         }
@@ -120,7 +120,7 @@ impl Service {
             .find(|l| l.contains("listening"))
             .expect("a listening line");
         let log: serde_json::Value = serde_json::from_str(&listening).expect("a JSON log line");
-        let addr = log["fields"]["addr"].as_str().unwrap().to_owned();
+        let addr = log["addr"].as_str().unwrap().to_owned();
         // Keep draining its log so that it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Self { child, addr }

@@ -13,7 +13,14 @@ const LAYERS: &[&[&str]] = &[
     &["jobs", "azure"],
     &["source", "recognise", "telemetry"],
     &["config"],
-    &["asset_id", "model", "secret", "url_path", "metrics"],
+    &[
+        "asset_id",
+        "model",
+        "secret",
+        "url_path",
+        "metrics",
+        "propagation",
+    ],
 ];
 
 const MAX_LINES: usize = 600;

@@ -92,6 +92,8 @@ pub struct Seen {
     /// Path and query, the value of `sig` replaced by `REDACTED`.
     pub target: String,
     pub fault: Option<FaultKind>,
+    /// The W3C `traceparent` the request carried, if any.
+    pub traceparent: Option<String>,
 }
 
 impl std::fmt::Display for Seen {
@@ -348,6 +350,10 @@ async fn handle(
             method: method.clone(),
             target: redact_sig(&path_and_query),
             fault: fault.as_ref().map(Fault::kind),
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         });
         (fault, s.marker_loop && listing && marker.is_some())
     };

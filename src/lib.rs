@@ -6,6 +6,7 @@
 
 pub mod asset_id;
 pub mod azure;
+pub mod catalog_tools;
 pub mod config;
 pub mod http;
 pub mod jobs;

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ams_thumbnails::asset_id::AssetId;
+use ams_thumbnails::catalog_tools::{self, CatalogCommand};
 use ams_thumbnails::resolver::ResolveError;
 use ams_thumbnails::server::{StartError, compose};
 use ams_thumbnails::{Server, Settings, server, telemetry};
@@ -41,10 +42,22 @@ enum Command {
     /// Ask the running service's /healthz (on server.listen) and exit 0 when it answers 200:
     /// the container's health check, without a shell or curl.
     Healthcheck,
+    /// Write the catalog file of `source.kind = "storage"` (`source.catalog`): `export` it
+    /// from a still-reachable AMS account or MK.IO project, or `scan` the storage account's
+    /// `asset-<GUID>` containers. Exit 2: configuration; 1: upstream or output failure.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The catalog tools load the settings themselves (`--from` may choose the source kind).
+    let command = match cli.command {
+        Some(Command::Catalog(command)) => {
+            return catalog_tools::main(cli.config.as_deref(), command);
+        }
+        other => other,
+    };
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -52,7 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    match command.unwrap_or(Command::Serve) {
         // Everything the service would build is built (and so checked), nothing is served.
         Command::CheckConfig => run(settings.server.blocking_threads, async move {
             match compose::check(&settings) {
@@ -71,6 +84,7 @@ fn main() -> ExitCode {
             resolve(settings, asset_id),
         ),
         Command::Serve => run(settings.server.blocking_threads, serve(settings)),
+        Command::Catalog(_) => unreachable!("handled before the settings are loaded"),
         Command::Healthcheck => run(1, async move {
             match server::healthcheck::check(settings.server.listen).await {
                 Ok(()) => ExitCode::SUCCESS,

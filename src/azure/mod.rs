@@ -2,6 +2,7 @@
 //! listing, and the URL signers. Backends only: no caching, no HTTP serving.
 
 pub mod blob;
+pub mod containers;
 pub mod credential;
 pub mod links;
 pub mod sas;
@@ -218,6 +219,8 @@ pub struct AzureBackend {
     pub store: Arc<dyn crate::source::BlobStore>,
     pub linker: Arc<dyn crate::source::Linker>,
     pub health: Vec<Arc<dyn crate::source::HealthCheck>>,
+    /// Lists `storage.account`'s containers with the blob store's access (`catalog scan`).
+    pub containers: containers::ContainerLister,
 }
 
 /// What the Azure parts are built from: the configured sections, and the one HTTP client.
@@ -274,6 +277,13 @@ impl AzureBackend {
             }
             StorageAuth::AmsContainerSas => StorageAccess::LocationSas,
         };
+        let containers = containers::ContainerLister::new(
+            endpoint.clone(),
+            &settings.storage.account,
+            access.clone(),
+            options.clone(),
+            settings.storage.page_size,
+        );
         let store = Arc::new(AzureBlobStore::new(
             endpoint.clone(),
             access,
@@ -322,6 +332,7 @@ impl AzureBackend {
             store,
             linker,
             health,
+            containers,
         })
     }
 }

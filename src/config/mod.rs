@@ -124,6 +124,14 @@ impl Settings {
     /// whole `[source]` table: the sample file's local `root` must not leak into the storage
     /// source that the environment asks for.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_as(path, None)
+    }
+
+    /// As [`Settings::load`], with `source.kind` set to `kind` above every layer (`catalog
+    /// export --from`). Like a variable `AMS_THUMBNAILS_SOURCE__KIND`, it drops the file's
+    /// `[source]` table when the file names another kind: that kind's settings then come from
+    /// the environment (`AMS_THUMBNAILS_SOURCE__*`).
+    pub fn load_as(path: Option<&Path>, kind: Option<&str>) -> Result<Self, ConfigError> {
         let env_path = std::env::var_os(CONFIG_PATH_ENV).map(PathBuf::from);
         let file = match path.map(Path::to_path_buf).or(env_path) {
             Some(p) if p.as_os_str() == NO_FILE => None,
@@ -142,7 +150,9 @@ impl Settings {
         };
         let mut figment = Figment::from(Serialized::defaults(defaults()));
         if let Some(p) = file {
-            let env_kind = std::env::var(format!("{ENV_PREFIX}SOURCE__KIND")).ok();
+            let env_kind = kind
+                .map(str::to_owned)
+                .or_else(|| std::env::var(format!("{ENV_PREFIX}SOURCE__KIND")).ok());
             let file_kind = source_kind_in(&p);
             let layer = layers::WithoutSource {
                 inner: Toml::file_exact(&p),
@@ -150,7 +160,11 @@ impl Settings {
             };
             figment = figment.merge(layer);
         }
-        Self::from_figment(figment.merge(Self::env()))
+        let mut figment = figment.merge(Self::env());
+        if let Some(kind) = kind {
+            figment = figment.merge(Serialized::default("source.kind", kind));
+        }
+        Self::from_figment(figment)
     }
 
     /// Loads settings from a TOML string layered over the defaults (tests, examples).

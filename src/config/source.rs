@@ -104,7 +104,8 @@ pub struct StorageSourceSettings {
     /// named containers `asset-<guid>`).
     pub container_template: String,
     /// A catalog exported while AMS was alive (CSV or JSON rows: name, alternateId, assetId,
-    /// container, storageAccount): assets are then found by name, alternate id or GUID.
+    /// container, storageAccount, prefix, storageEncryptionFormat; `ams-thumbnails catalog
+    /// export|scan` writes one): assets are then found by name, alternate id or GUID.
     pub catalog: Option<PathBuf>,
 }
 

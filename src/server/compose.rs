@@ -10,7 +10,10 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::azure::{self, AzureBackend, AzureSettings};
-use crate::config::{Invalid, Settings, SourceSettings, uses_ams_container_sas};
+use crate::config::{
+    AmsSourceSettings, Invalid, MkioSourceSettings, Settings, SourceSettings,
+    uses_ams_container_sas,
+};
 use crate::http::auth::{Guard, JwtValidator};
 use crate::http::events::EventsGuard;
 use crate::http::{AppParts, AppState};
@@ -34,17 +37,9 @@ pub fn backend(
     http: Option<&reqwest::Client>,
 ) -> Result<Sourced, Invalid> {
     let azure = |http: Option<&reqwest::Client>| {
-        let http = http
-            .expect("an HTTP client is built for every Azure source")
-            .clone();
-        AzureBackend::new(
-            AzureSettings {
-                storage: &settings.storage,
-                links: &settings.links,
-                credential: settings.credential.as_ref(),
-                upstream: &settings.upstream,
-            },
-            http,
+        azure_parts(
+            settings,
+            http.expect("an HTTP client is built for every Azure source"),
         )
     };
     let account = &settings.storage.account;
@@ -76,12 +71,7 @@ pub fn backend(
         }
         SourceSettings::Mkio(mkio) => {
             let azure = azure(http)?;
-            let catalog = Arc::new(source::mkio::MkioCatalog::new(
-                mkio,
-                &settings.upstream,
-                azure.http.clone(),
-                account,
-            )?);
+            let catalog = Arc::new(mkio_catalog(settings, mkio, &azure)?);
             let encoder = Arc::new(jobs::mkio::MkioEncoder::new(catalog.clone()));
             let backend = over_azure(catalog.clone(), Some(catalog), azure);
             (
@@ -92,18 +82,7 @@ pub fn backend(
         }
         SourceSettings::Ams(ams) => {
             let azure = azure(http)?;
-            let credential = azure.credential.clone().ok_or_else(|| {
-                Invalid::new("credential", "is required by source.kind = \"ams\"")
-            })?;
-            let catalog = Arc::new(source::ams::AmsCatalog::new(
-                ams,
-                &settings.upstream,
-                azure.http.clone(),
-                credential,
-                account,
-                uses_ams_container_sas(&settings.storage, &settings.links)
-                    .then_some(settings.links.lifetime),
-            )?);
+            let catalog = Arc::new(ams_catalog(settings, ams, &azure)?);
             let encoder = Arc::new(jobs::ams::AmsEncoder::new(
                 catalog.clone(),
                 &settings.jobs.transform_api_version,
@@ -123,6 +102,94 @@ pub fn backend(
         settings.bench.upstream_latency,
     );
     Ok(Sourced { backend, encoder })
+}
+
+/// The Azure parts (storage access, links, credential) over the shared HTTP client.
+fn azure_parts(settings: &Settings, http: &reqwest::Client) -> Result<AzureBackend, Invalid> {
+    AzureBackend::new(
+        AzureSettings {
+            storage: &settings.storage,
+            links: &settings.links,
+            credential: settings.credential.as_ref(),
+            upstream: &settings.upstream,
+        },
+        http.clone(),
+    )
+}
+
+fn ams_catalog(
+    settings: &Settings,
+    ams: &AmsSourceSettings,
+    azure: &AzureBackend,
+) -> Result<source::ams::AmsCatalog, Invalid> {
+    let credential = azure
+        .credential
+        .clone()
+        .ok_or_else(|| Invalid::new("credential", "is required by source.kind = \"ams\""))?;
+    source::ams::AmsCatalog::new(
+        ams,
+        &settings.upstream,
+        azure.http.clone(),
+        credential,
+        &settings.storage.account,
+        uses_ams_container_sas(&settings.storage, &settings.links)
+            .then_some(settings.links.lifetime),
+    )
+}
+
+fn mkio_catalog(
+    settings: &Settings,
+    mkio: &MkioSourceSettings,
+    azure: &AzureBackend,
+) -> Result<source::mkio::MkioCatalog, Invalid> {
+    source::mkio::MkioCatalog::new(
+        mkio,
+        &settings.upstream,
+        azure.http.clone(),
+        &settings.storage.account,
+    )
+}
+
+/// What `catalog export` reads: the configured AMS or MK.IO catalog, built as the service
+/// builds it (same HTTP client, credential or token, retries).
+pub enum ExportSource {
+    Ams(source::ams::AmsCatalog),
+    Mkio(source::mkio::MkioCatalog),
+}
+
+/// The catalog `catalog export` lists, for `source.kind` `ams` or `mkio`.
+pub fn export_source(settings: &Settings) -> Result<ExportSource, Invalid> {
+    let azure = || azure_parts(settings, &azure::http_client(&settings.upstream)?);
+    match &settings.source {
+        SourceSettings::Ams(ams) => ams_catalog(settings, ams, &azure()?).map(ExportSource::Ams),
+        SourceSettings::Mkio(mkio) => {
+            mkio_catalog(settings, mkio, &azure()?).map(ExportSource::Mkio)
+        }
+        other => Err(Invalid::new(
+            "source.kind",
+            format!(
+                "is \"{}\": catalog export reads an \"ams\" or \"mkio\" source (--from)",
+                other.kind()
+            ),
+        )),
+    }
+}
+
+/// What `catalog scan` lists: `storage.account`'s containers, with the access the storage
+/// source lists blobs with (any source kind but `local`, which has no `[storage]`).
+pub fn container_lister(
+    settings: &Settings,
+) -> Result<azure::containers::ContainerLister, Invalid> {
+    if matches!(settings.source, SourceSettings::Local(_)) {
+        return Err(Invalid::new(
+            "source.kind",
+            "is \"local\": catalog scan lists the containers of [storage]; set source.kind = \"storage\" (or \"ams\", \"mkio\") and storage.account",
+        ));
+    }
+    let http = azure::http_client(&settings.upstream)?;
+    let containers = azure_parts(settings, &http)?.containers;
+    containers.check()?;
+    Ok(containers)
 }
 
 /// A backend whose blobs are in Blob Storage: `catalog` finds them, the Azure parts list and

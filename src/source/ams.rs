@@ -17,6 +17,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::rest::{Access, Bearer, ErrorEnvelope, Reply, RestClient};
+use super::storage::{CatalogRow, ExportPage};
 use super::{AssetLocation, AssetRecord, Catalog, ContainerSas, HealthCheck, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::{AmsSourceSettings, UpstreamSettings};
@@ -24,6 +25,10 @@ use crate::config::{AmsSourceSettings, UpstreamSettings};
 const BACKEND: &str = "ams";
 /// `Assets - List` pages followed at most (a runaway or looping `@odata.nextLink`).
 const MAX_PAGES: usize = 1000;
+/// Assets per `Assets - List` page when listing them all (`$top`: AMS's maximum).
+const EXPORT_PAGE_SIZE: &str = "1000";
+/// Pages followed at most when listing every asset.
+const EXPORT_MAX_PAGES: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 struct ArmAsset {
@@ -36,6 +41,7 @@ struct ArmAsset {
 #[serde(rename_all = "camelCase")]
 struct ArmAssetProperties {
     asset_id: Option<String>,
+    alternate_id: Option<String>,
     container: Option<String>,
     storage_account_name: Option<String>,
     storage_encryption_format: Option<String>,
@@ -159,17 +165,92 @@ impl AmsCatalog {
             if let Some(asset) = page.value.into_iter().next() {
                 return Ok(Some(asset));
             }
-            let Some(next) = page.next_link else {
-                return Ok(None);
-            };
-            let next = self
-                .assets_url
-                .join(&next)
-                .map_err(|_| upstream("malformed nextLink"))?;
-            if !seen.insert(next.to_string()) {
-                return Err(upstream("the nextLink loops"));
+            match self.next_page(page.next_link, &mut seen)? {
+                Some(next) => url = next,
+                None => return Ok(None),
             }
-            url = next;
+        }
+        Err(upstream("too many pages"))
+    }
+
+    /// The page an `@odata.nextLink` leads to; `None` when there is none. Never to another
+    /// origin than ARM's (the token goes with every request), never twice (`seen`).
+    fn next_page(
+        &self,
+        next_link: Option<String>,
+        seen: &mut HashSet<String>,
+    ) -> Result<Option<Url>, SourceError> {
+        let Some(next) = next_link.filter(|l| !l.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let next = self
+            .assets_url
+            .join(next.trim())
+            .map_err(|_| upstream("malformed nextLink"))?;
+        if next.origin() != self.assets_url.origin() {
+            return Err(upstream(
+                "a nextLink leads away from the ARM endpoint; not followed",
+            ));
+        }
+        if !seen.insert(next.to_string()) {
+            return Err(upstream("the nextLink loops"));
+        }
+        Ok(Some(next))
+    }
+
+    /// Every asset of the account as catalog rows (`catalog export --from ams`): `Assets -
+    /// List` with `$top`, following every `@odata.nextLink`; `on_page` sees each page as it
+    /// comes. The container is the asset's (else `asset-{assetId}`), the account its
+    /// `storageAccountName` (else the configured default), `storageEncryptionFormat` as AMS
+    /// reports it: the storage source refuses the encrypted ones as this source does.
+    pub async fn export(&self, mut on_page: impl FnMut(ExportPage)) -> Result<(), SourceError> {
+        let mut url = self.assets_url.clone();
+        url.query_pairs_mut()
+            .append_pair("api-version", &self.api_version)
+            .append_pair("$top", EXPORT_PAGE_SIZE);
+        let mut seen = HashSet::from([url.to_string()]);
+        for page_number in 0..EXPORT_MAX_PAGES {
+            let Some(body) = self.get(&url, "list assets").await? else {
+                return Err(if page_number == 0 {
+                    self.rest
+                        .misconfigured("ARM has no such Media Services account (404 on its assets)")
+                } else {
+                    upstream("a nextLink page is gone (404)")
+                });
+            };
+            let list: ArmAssetList = serde_json::from_slice(&body)
+                .map_err(|_| upstream("malformed Assets - List answer"))?;
+            let mut page = ExportPage::default();
+            for asset in list.value {
+                let p = asset.properties;
+                let asset_id = p.asset_id.unwrap_or_default();
+                let container = match p.container.filter(|c| !c.is_empty()) {
+                    Some(c) => c,
+                    None if !asset_id.is_empty() => format!("asset-{asset_id}"),
+                    None => {
+                        page.skipped
+                            .push(format!("{}: neither container nor assetId", asset.name));
+                        continue;
+                    }
+                };
+                page.rows.push(CatalogRow {
+                    name: asset.name,
+                    alternate_id: p.alternate_id.unwrap_or_default(),
+                    asset_id,
+                    container,
+                    storage_account: p
+                        .storage_account_name
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or_else(|| self.default_account.clone()),
+                    prefix: String::new(),
+                    storage_encryption_format: p.storage_encryption_format.unwrap_or_default(),
+                });
+            }
+            on_page(page);
+            match self.next_page(list.next_link, &mut seen)? {
+                Some(next) => url = next,
+                None => return Ok(()),
+            }
         }
         Err(upstream("too many pages"))
     }
@@ -234,12 +315,7 @@ impl AmsCatalog {
         if let Some(format) = p.storage_encryption_format.as_deref()
             && format != "None"
         {
-            return Err(SourceError::Unservable {
-                reason: format!(
-                    "asset {} uses storage encryption {format}: its blobs are encrypted and cannot be served",
-                    asset.name
-                ),
-            });
+            return Err(super::storage::unservable(&asset.name, format));
         }
         let container = match (p.container, p.asset_id) {
             (Some(c), _) if !c.is_empty() => c,

@@ -37,6 +37,8 @@ use crate::asset_id::AssetId;
 use crate::config::{Invalid, MkioSourceSettings, UpstreamSettings, is_bearer_token};
 use crate::secret::Secret;
 
+mod export;
+
 /// Environment variable holding the token when neither `source.token` nor `source.token_file`
 /// is set.
 pub const TOKEN_ENV: &str = "MKIO_TOKEN";
@@ -97,6 +99,10 @@ struct MkioAsset {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MkioAssetProperties {
+    asset_id: Option<String>,
+    alternate_id: Option<String>,
+    /// "Accepted, not supported" by MK.IO; exported as it stands.
+    storage_encryption_format: Option<String>,
     container: Option<String>,
     /// The MK.IO storage instance (not an Azure account name).
     storage_account_name: Option<String>,
@@ -282,24 +288,38 @@ impl MkioCatalog {
             if let Some(asset) = list.value.into_iter().next() {
                 return Ok(Some(asset));
             }
-            let Some(next) = list.next_link.filter(|l| !l.trim().is_empty()) else {
-                return Ok(None);
-            };
-            let next = url
-                .join(next.trim())
-                .map_err(|_| upstream("malformed @odata.nextLink"))?;
-            // The token goes with every request: never to another origin.
-            if next.origin() != self.media_url.origin() {
-                return Err(upstream(
-                    "an @odata.nextLink leads away from the MK.IO API; not followed",
-                ));
+            match self.next_page(&url, list.next_link, &mut seen)? {
+                Some(next) => url = next,
+                None => return Ok(None),
             }
-            if !seen.insert(next.to_string()) {
-                return Err(upstream("the @odata.nextLink loops"));
-            }
-            url = next;
         }
         Err(upstream("too many pages"))
+    }
+
+    /// The page an `@odata.nextLink` (absolute or relative to `current`) leads to; `None` when
+    /// there is none. Never to another origin (the token goes with every request), never
+    /// twice (`seen`).
+    fn next_page(
+        &self,
+        current: &Url,
+        next_link: Option<String>,
+        seen: &mut HashSet<String>,
+    ) -> Result<Option<Url>, SourceError> {
+        let Some(next) = next_link.filter(|l| !l.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let next = current
+            .join(next.trim())
+            .map_err(|_| upstream("malformed @odata.nextLink"))?;
+        if next.origin() != self.media_url.origin() {
+            return Err(upstream(
+                "an @odata.nextLink leads away from the MK.IO API; not followed",
+            ));
+        }
+        if !seen.insert(next.to_string()) {
+            return Err(upstream("the @odata.nextLink loops"));
+        }
+        Ok(Some(next))
     }
 
     /// Get by name; else `$filter` by assetId (GUIDs); else by alternateId.

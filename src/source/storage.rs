@@ -6,30 +6,40 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AssetLocation, Catalog, SourceError};
 use crate::asset_id::AssetId;
 use crate::config::Invalid;
 
-/// One asset of a catalog file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One asset of a catalog file. Serialized (by `catalog export` and `catalog scan`) with the
+/// columns `name,alternateId,assetId,container,storageAccount,prefix,storageEncryptionFormat`;
+/// read back by those names and the aliases below.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CatalogRow {
     #[serde(default, alias = "Name", alias = "assetName")]
     pub name: String,
     #[serde(
         default,
+        rename(serialize = "alternateId"),
         alias = "alternateId",
         alias = "AlternateId",
         alias = "alternate_id"
     )]
     pub alternate_id: String,
-    #[serde(default, alias = "assetId", alias = "AssetId", alias = "asset_id")]
+    #[serde(
+        default,
+        rename(serialize = "assetId"),
+        alias = "assetId",
+        alias = "AssetId",
+        alias = "asset_id"
+    )]
     pub asset_id: String,
     #[serde(alias = "Container")]
     pub container: String,
     #[serde(
         default,
+        rename(serialize = "storageAccount"),
         alias = "storageAccount",
         alias = "storageAccountName",
         alias = "StorageAccount",
@@ -39,6 +49,51 @@ pub struct CatalogRow {
     /// Blob-name prefix of the asset inside the container (several assets in one container).
     #[serde(default, alias = "Prefix")]
     pub prefix: String,
+    /// AMS's `storageEncryptionFormat` (`None`, `MediaStorageClientEncryption`): any value but
+    /// `None` (or empty) means the blobs are encrypted, and the asset is refused as unservable.
+    #[serde(
+        default,
+        rename(serialize = "storageEncryptionFormat"),
+        alias = "storageEncryptionFormat",
+        alias = "StorageEncryptionFormat",
+        alias = "storage_encryption_format"
+    )]
+    pub storage_encryption_format: String,
+}
+
+impl CatalogRow {
+    /// Whether the row says the asset's blobs are storage-encrypted (not `None`, not empty).
+    pub fn is_encrypted(&self) -> bool {
+        let format = self.storage_encryption_format.trim();
+        !format.is_empty() && !format.eq_ignore_ascii_case("none")
+    }
+
+    /// What an unservable answer calls the asset: its name, else its GUID, else its
+    /// alternate id.
+    fn label(&self) -> &str {
+        [&self.name, &self.asset_id, &self.alternate_id]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+}
+
+/// One page of an upstream's assets, as catalog rows (`catalog export`), and the assets left
+/// out, each with why (no row could be written for them).
+#[derive(Debug, Default)]
+pub struct ExportPage {
+    pub rows: Vec<CatalogRow>,
+    pub skipped: Vec<String>,
+}
+
+/// The refusal of a storage-encrypted asset, worded as the AMS source words it.
+pub fn unservable(asset: &str, format: &str) -> SourceError {
+    SourceError::Unservable {
+        reason: format!(
+            "asset {asset} uses storage encryption {format}: its blobs are encrypted and cannot be served"
+        ),
+    }
 }
 
 /// How asset ids become containers.
@@ -158,6 +213,12 @@ impl Catalog for StorageCatalog {
                     .or_else(|| index.get(&id.as_str().to_ascii_lowercase()))
                     .map(|&i| &rows[i])
                     .ok_or(SourceError::NotFound)?;
+                if row.is_encrypted() {
+                    return Err(unservable(
+                        row.label(),
+                        row.storage_encryption_format.trim(),
+                    ));
+                }
                 let mut location =
                     AssetLocation::new(row_account(row, account), row.container.clone());
                 location.prefix = row.prefix.clone();
@@ -399,6 +460,35 @@ mod tests {
         );
         assert_eq!(ids(c.assets_in("otheracct", "shared")), ["elsewhere"]);
         assert!(c.assets_in("acct", "nowhere").is_empty());
+    }
+
+    #[tokio::test]
+    async fn encrypted_rows_are_unservable_by_every_id_as_with_ams() {
+        let csv = "name,alternateId,assetId,container,storageAccount,prefix,storageEncryptionFormat\n\
+                   clear,c-1,11111111-1111-1111-1111-111111111111,asset-1,,,None\n\
+                   plain,,,asset-2,,,\n\
+                   ,s-1,33333333-3333-3333-3333-333333333333,asset-3,,,MediaStorageClientEncryption\n";
+        let c = StorageCatalog::from_rows(parse_csv(csv).unwrap(), "acct").unwrap();
+        for key in ["clear", "c-1", "plain"] {
+            assert!(c.locate(&id(key)).await.is_ok(), "{key}");
+        }
+        for key in ["s-1", "33333333-3333-3333-3333-333333333333"] {
+            let Err(SourceError::Unservable { reason }) = c.locate(&id(key)).await else {
+                panic!("{key}: unservable expected");
+            };
+            assert_eq!(
+                reason,
+                "asset 33333333-3333-3333-3333-333333333333 uses storage encryption \
+                 MediaStorageClientEncryption: its blobs are encrypted and cannot be served"
+            );
+        }
+        // Storage events still map the container back to its ids.
+        let ids = ids(c.assets_in("acct", "asset-3"));
+        assert!(ids.contains(&"s-1".to_owned()), "{ids:?}");
+        assert!(
+            ids.contains(&"33333333-3333-3333-3333-333333333333".to_owned()),
+            "{ids:?}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod azure_mkio;
 mod azure_storage;
 mod azurite_harness;
 mod cache;
+mod catalog_tools;
 mod cli;
 mod connections;
 mod credentials;

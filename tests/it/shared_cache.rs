@@ -49,6 +49,13 @@ async fn add_thumbnail(client: &reqwest::Client, az: &Azurite, id: &str, i: usiz
 }
 
 fn replica_settings(az: &Azurite, redis: &Redis, extra: &str) -> Settings {
+    // Unless a test plays a slow Redis: a timeout a loaded test machine never reaches, so that
+    // the tier is never skipped (and loads counted twice) because a build hogs the cores.
+    let timeout = if extra.contains("timeout") {
+        ""
+    } else {
+        "timeout = \"2s\"\n"
+    };
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\
          [source]\nkind = \"storage\"\n\
@@ -57,7 +64,7 @@ fn replica_settings(az: &Azurite, redis: &Redis, extra: &str) -> Settings {
          api_keys = [{{ name = \"ops\", sha256 = \"{ADMIN_SHA}\", roles = [\"admin\"] }}]\n\
          [links]\nmode = \"account-key-sas\"\nallow_http = true\n\
          [cache]\nttl = \"1h\"\nnot_found_ttl = \"1h\"\n\
-         [cache.shared]\nurl = \"{url}\"\nkey_prefix = \"test:\"\n{extra}",
+         [cache.shared]\nurl = \"{url}\"\nkey_prefix = \"test:\"\n{timeout}{extra}",
         endpoint = az.blob_endpoint.replace(ACCOUNT, "{account}"),
         url = redis.url(),
     );

@@ -33,10 +33,20 @@ impl Inner {
     pub(super) async fn load(&self, id: &AssetId) -> Result<Entry, SourceError> {
         let span = tracing::info_span!("load", asset_id = %id, shared_tier = self.shared.is_some());
         async {
-            match &self.shared {
+            let started = Instant::now();
+            let loaded = match &self.shared {
                 Some(tier) => self.load_through(tier, id).await,
                 None => self.load_from_source(id).await,
+            };
+            // Invalidated while loading (moka's invalidation does not stop a load in flight,
+            // which would then cache what it read before the change): loaded once more.
+            if self.invalidated_since(id.as_str(), started) {
+                return match &self.shared {
+                    Some(tier) => self.load_through(tier, id).await,
+                    None => self.load_from_source(id).await,
+                };
             }
+            loaded
         }
         .instrument(span)
         .await

@@ -76,6 +76,8 @@ impl Expiry<Arc<str>, Entry> for EntryExpiry {
 const READ_SAMPLE: u32 = 16;
 
 struct Inner {
+    /// When assets were last invalidated here, for loads that were in flight then.
+    invalidated: std::sync::Mutex<std::collections::HashMap<Box<str>, Instant>>,
     /// Assets whose background refresh is running.
     refreshing: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
     /// Longest a background refresh may run (the request timeout).
@@ -438,6 +440,7 @@ impl Inner {
         Self {
             hot,
             refreshing: Default::default(),
+            invalidated: Default::default(),
             refresh_deadline,
             cache,
             backend,
@@ -470,8 +473,26 @@ impl Inner {
         }
     }
 
-    /// Drops `id`'s entry from this replica.
+    /// Whether `id` was invalidated on this replica after `since`.
+    fn invalidated_since(&self, id: &str, since: Instant) -> bool {
+        let invalidated = self.invalidated.lock().expect("not poisoned");
+        invalidated.get(id).is_some_and(|at| *at > since)
+    }
+
+    /// Remembers that `id` was invalidated now: a load in flight loads again.
+    fn note_invalidated(&self, id: &str) {
+        let now = Instant::now();
+        let mut invalidated = self.invalidated.lock().expect("not poisoned");
+        // Only loads in flight look: what is older than the longest load is forgotten.
+        if invalidated.len() >= 1024 {
+            invalidated.retain(|_, at| now.duration_since(*at) < self.refresh_deadline);
+        }
+        invalidated.insert(id.into(), now);
+    }
+
+    /// Drops `id`'s entry from this replica, and remembers when (for loads in flight).
     async fn drop_local(&self, id: &str) {
+        self.note_invalidated(id);
         self.hot.forget(id);
         self.cache.invalidate(id).await;
     }

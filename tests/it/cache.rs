@@ -323,3 +323,61 @@ async fn a_flood_of_unknown_ids_stays_within_the_memory_budget() {
     assert!(weighted <= max_bytes as u64, "{weighted} > {max_bytes}");
     assert!(entries < 5000 && entries > 0, "{entries}");
 }
+
+/// An invalidation while a load is in flight (after its listing): the load is done again, so
+/// what it read before the change is not what stays cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_a_load_is_not_undone_by_it() {
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("changing");
+    std::fs::create_dir(&folder).unwrap();
+    let jpeg = support::samples_dir().join("sprite-storyboard/Thumbnail000001.jpg");
+    std::fs::copy(&jpeg, folder.join("Thumbnail000001.jpg")).unwrap();
+    // sha256("test-admin-key")
+    let server = TestServer::start(support::settings_for_root(
+        root.path(),
+        "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"944650a7cd0f9e14d5c4fb15edbffb7fa45fb9ed36a4fa9be3d7e5476ae51bd9\", roles = [\"admin\"] }]\n",
+    ))
+    .await;
+    server.probe.set_link_delay(Duration::from_millis(400));
+    let count = |body: serde_json::Value| body["thumbnails"].as_array().unwrap().len();
+    let in_flight = {
+        let (client, url) = (
+            server.client.clone(),
+            server.url("/assets/changing/thumbnails"),
+        );
+        tokio::spawn(async move { client.get(url).send().await.unwrap().json().await.unwrap() })
+    };
+    // Listed (one thumbnail), now signing: a second thumbnail appears and the asset is
+    // invalidated.
+    while server.probe.links.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::copy(&jpeg, folder.join("Thumbnail000002.jpg")).unwrap();
+    let response = server
+        .client
+        .delete(server.url("/assets/changing/cache"))
+        .header("x-api-key", "test-admin-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    server.probe.set_link_delay(Duration::ZERO);
+    assert_eq!(
+        count(in_flight.await.unwrap()),
+        2,
+        "the load was done again"
+    );
+    let cached: serde_json::Value = server
+        .get("/assets/changing/thumbnails")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        count(cached),
+        2,
+        "and the fresh answer is what stays cached"
+    );
+    assert_eq!(server.probe.lists.load(Ordering::SeqCst), 2);
+}

@@ -3,7 +3,8 @@
 //! - Entries: `{prefix}e:{id}`, the rendered entry ([`wire`]) with a `PX` of its validity.
 //! - Load locks: `{prefix}l:{id}`, `SET NX PX lock_ttl` with a fencing value; the loader's
 //!   write goes through only while it still holds its lock ([`PUT`]), and an invalidation
-//!   deletes the lock, so a load that began before an invalidation never lands after it.
+//!   deletes the lock, so a load that began before an invalidation never lands in Redis after
+//!   it (and the replica that ran it loads again, `Inner::load`).
 //! - Containers: `{prefix}c:{account}/{container}`, the ids loaded from each, for storage
 //!   events.
 //! - One channel, `{prefix}notices`: `l:{id}` (loaded: waiters look again), `i:{id}` (drop

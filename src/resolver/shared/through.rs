@@ -133,10 +133,11 @@ impl Inner {
                         .await;
                     if let Ok(false) = stored {
                         // The lock was taken away while loading: an invalidation (or a load
-                        // slower than `lock_ttl`). What was loaded may predate the change, so
-                        // it is loaded again and not stored (the next miss stores).
+                        // slower than `lock_ttl`). What was loaded may predate the change: it
+                        // was not stored, and `Inner::load` loads it again (once, however the
+                        // invalidation's notice and this refusal race).
                         metrics::counter!("shared_cache_fenced_out_total").increment(1);
-                        return self.load_from_source(id).await;
+                        self.note_invalidated(id.as_str());
                     }
                 } else {
                     tier.unlock(id.as_str(), fence).await;

@@ -61,6 +61,8 @@ pub struct Probe {
     pub reads: AtomicUsize,
     pub links: AtomicUsize,
     delay_ms: AtomicU64,
+    /// Delay of `link` (after the listing: widens the window between reading and caching).
+    link_delay_ms: AtomicU64,
     /// When set, `locate` fails with this error instead of calling the real backend.
     fail_with: std::sync::Mutex<Option<SourceError>>,
     /// When set, links expire this long after they are made (as signed URLs do).
@@ -77,6 +79,7 @@ impl Probe {
             reads: AtomicUsize::new(0),
             links: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
+            link_delay_ms: AtomicU64::new(0),
             fail_with: std::sync::Mutex::new(None),
             link_lifetime: std::sync::Mutex::new(None),
         });
@@ -92,6 +95,11 @@ impl Probe {
 
     pub fn set_delay(&self, delay: Duration) {
         self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn set_link_delay(&self, delay: Duration) {
+        self.link_delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
@@ -157,6 +165,10 @@ impl Linker for Probe {
         names: &[&str],
     ) -> Result<Vec<Link>, SourceError> {
         self.links.fetch_add(1, Ordering::SeqCst);
+        let delay = self.link_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let mut links = self.inner.linker.link(location, names).await?;
         if let Some(lifetime) = *self.link_lifetime.lock().unwrap() {
             let expires_at = time::OffsetDateTime::now_utc() + lifetime;

@@ -51,7 +51,9 @@ class Replica:
         self.base = f"http://127.0.0.1:{self.port}"
         sha = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()
         shared = (
+            # A timeout no loaded core reaches: a measurement must never see the tier skipped.
             f'[cache.shared]\nurl = "redis://127.0.0.1:{redis_port}"\nkey_prefix = "{prefix}"\n'
+            f'timeout = "1s"\n'
             if redis_port
             else ""
         )
@@ -236,6 +238,9 @@ def redis_memory(binary, assets, out, redis_port, cpus, first, count):
                 assert all(x["status"] == 200 for x in json.load(r)["results"])
         after = used()
         keys = int(redis_cli(port, "DBSIZE").strip() or 0)
+        entries = len(redis_cli(port, "--scan", "--pattern", "mem:e:*").split())
+        if entries != count:
+            raise SystemExit(f"replicas.py: {entries} entries stored in Redis, not {count}")
         body = len(get(replica.base, f"/assets/{asset_id(first)}/thumbnails")[1].encode())
     finally:
         replica.stop()

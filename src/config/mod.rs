@@ -17,6 +17,7 @@ mod cache;
 mod error;
 mod jobs;
 mod log;
+mod metrics;
 mod recognition;
 mod server;
 mod source;
@@ -28,6 +29,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use self::metrics::MetricsSettings;
 pub use api::{ApiSettings, BenchSettings};
 pub use auth::{
     ApiKeySettings, AuthMode, AuthSettings, JwtAlgorithm, JwtSettings, RateLimitSettings, Role,
@@ -68,6 +70,8 @@ pub struct Settings {
     /// Requests per client identity (API key, else IP address).
     pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
+    /// Where Prometheus scrapes `/metrics` (a second listener, when set).
+    pub metrics: MetricsSettings,
     pub cache: CacheSettings,
     pub recognition: RecognitionSettings,
     pub source: SourceSettings,
@@ -195,6 +199,7 @@ impl Settings {
         self.auth.validate()?;
         self.rate_limit.validate()?;
         self.server.validate()?;
+        self.metrics.validate(self.server.listen)?;
         self.api.validate()?;
         self.upstream.validate()?;
         self.cache.validate()?;

@@ -68,6 +68,9 @@ pub struct AppParts {
     pub api: ApiSettings,
     pub server: ServerSettings,
     pub bench: BenchSettings,
+    /// `/metrics` has a listener of its own (`metrics.listen`, [`metrics_app`]): the public
+    /// router leaves it out.
+    pub metrics_apart: bool,
 }
 
 impl Deref for AppState {
@@ -95,7 +98,18 @@ pub fn route_table(state: &AppState) -> Vec<(Method, String)> {
 /// span, the panic guard, CORS, then the gate: metrics, security headers, limits, auth, load
 /// shedding and the timeout, each by the matched route's policy).
 pub fn app(state: AppState) -> Router {
-    let (router, policies) = routes::build(routes::table(&state));
+    let routes = routes::table(&state);
+    stack(state, routes)
+}
+
+/// The metrics listener's application (`metrics.listen`): `GET /metrics` alone, under the same
+/// middleware and access policy as on the public listener.
+pub fn metrics_app(state: AppState) -> Router {
+    stack(state, vec![routes::metrics()])
+}
+
+fn stack(state: AppState, routes: Vec<routes::Route>) -> Router {
+    let (router, policies) = routes::build(routes);
     let cors = cors::layer(&state.api.cors_allowed_origins);
     crate::metrics::handle();
     // One layer (so one boxed route level) for the whole stack, outermost first.
@@ -144,6 +158,7 @@ pub fn app(state: AppState) -> Router {
 async fn metrics_text(State(state): State<AppState>) -> Response {
     metrics::gauge!("cache_entries").set(state.resolver.entry_count().await as f64);
     metrics::gauge!("cache_bytes").set(state.resolver.weighted_size().await as f64);
+    metrics::gauge!("cache_max_bytes").set(state.resolver.max_bytes() as f64);
     (
         [
             (
@@ -152,7 +167,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        crate::metrics::handle().render(),
+        crate::metrics::render(),
     )
         .into_response()
 }

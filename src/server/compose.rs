@@ -203,6 +203,7 @@ pub fn app_state(
         api: settings.api.clone(),
         server: settings.server.clone(),
         bench: settings.bench.clone(),
+        metrics_apart: settings.metrics.listen.is_some(),
     }))
 }
 

@@ -27,6 +27,7 @@ mod frontend;
 mod jobs;
 mod jwt;
 mod mkio;
+mod observability;
 mod openapi;
 mod resilience;
 mod security;

@@ -21,6 +21,7 @@ mod cache;
 mod cli;
 mod connections;
 mod credentials;
+mod deploy;
 mod fakes;
 mod faults;
 mod frontend;

@@ -99,6 +99,10 @@ def scrape(base: str) -> dict[str, float]:
         if not m:
             continue
         name, labels, value = m.group(1), m.group(2) or "", m.group(3)
+        # Keyed by the short names the code records (the service exports ams_thumbnails_<name>).
+        if not name.startswith("ams_thumbnails_"):
+            continue
+        name = name.removeprefix("ams_thumbnails_")
         if name.startswith(("cache_", "upstream_requests_total", "http_requests_shed_total")):
             out[name + labels] = float(value)
     return out

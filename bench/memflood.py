@@ -65,7 +65,7 @@ def scrape(port: int) -> dict[str, float]:
     c.close()
     out = {}
     for line in text.splitlines():
-        m = re.match(r"^(cache_entries|cache_bytes)\s+(\S+)$", line)
+        m = re.match(r"^ams_thumbnails_(cache_entries|cache_bytes)\s+(\S+)$", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     return out

@@ -20,6 +20,7 @@ mod events;
 mod jobs;
 mod layers;
 mod log;
+mod metrics;
 mod recognition;
 mod server;
 mod source;
@@ -31,6 +32,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use self::metrics::MetricsSettings;
 pub use api::{ApiSettings, BenchSettings};
 pub use auth::{
     ApiKeySettings, AuthMode, AuthSettings, JwtAlgorithm, JwtSettings, RateLimitSettings, Role,
@@ -85,6 +87,8 @@ pub struct Settings {
     /// Requests per client identity (API key, else IP address).
     pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
+    /// Where Prometheus scrapes `/metrics` (a second listener, when set).
+    pub metrics: MetricsSettings,
     pub cache: CacheSettings,
     pub recognition: RecognitionSettings,
     pub source: SourceSettings,
@@ -269,6 +273,7 @@ impl Settings {
         self.auth.validate()?;
         self.rate_limit.validate()?;
         self.server.validate()?;
+        self.metrics.validate(self.server.listen)?;
         self.api.validate()?;
         self.upstream.validate()?;
         self.cache.validate()?;

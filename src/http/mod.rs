@@ -71,6 +71,9 @@ pub struct AppParts {
     pub bench: BenchSettings,
     /// Set on SIGTERM (see [`AppState::start_draining`]).
     pub draining: std::sync::atomic::AtomicBool,
+    /// `/metrics` has a listener of its own (`metrics.listen`, [`metrics_app`]): the public
+    /// router leaves it out.
+    pub metrics_apart: bool,
 }
 
 impl Deref for AppState {
@@ -109,7 +112,18 @@ pub fn route_table(state: &AppState) -> Vec<(Method, String)> {
 /// address, the request span, the panic guard, CORS, then the gate: metrics, security headers, limits, auth, load
 /// shedding and the timeout, each by the matched route's policy).
 pub fn app(state: AppState) -> Router {
-    let (router, policies) = routes::build(routes::table(&state));
+    let routes = routes::table(&state);
+    stack(state, routes)
+}
+
+/// The metrics listener's application (`metrics.listen`): `GET /metrics` alone, under the same
+/// middleware and access policy as on the public listener.
+pub fn metrics_app(state: AppState) -> Router {
+    stack(state, vec![routes::metrics()])
+}
+
+fn stack(state: AppState, routes: Vec<routes::Route>) -> Router {
+    let (router, policies) = routes::build(routes);
     let policies = Arc::new(policies);
     let cors = cors::layer(&state.api.cors_allowed_origins);
     crate::metrics::handle();
@@ -149,6 +163,7 @@ pub fn app(state: AppState) -> Router {
 async fn metrics_text(State(state): State<AppState>) -> Response {
     metrics::gauge!("cache_entries").set(state.resolver.entry_count().await as f64);
     metrics::gauge!("cache_bytes").set(state.resolver.weighted_size().await as f64);
+    metrics::gauge!("cache_max_bytes").set(state.resolver.max_bytes() as f64);
     (
         [
             (
@@ -157,7 +172,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        crate::metrics::handle().render(),
+        crate::metrics::render(),
     )
         .into_response()
 }

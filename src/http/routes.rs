@@ -178,13 +178,6 @@ pub fn table(state: &AppState) -> Vec<Route> {
         Route::new(Method::GET, "/readyz", Ops, Exempt, get(health::readyz)),
         Route::new(
             Method::GET,
-            "/metrics",
-            Ops,
-            Exempt,
-            get(super::metrics_text),
-        ),
-        Route::new(
-            Method::GET,
             "/openapi.yaml",
             Public,
             Shed,
@@ -194,6 +187,9 @@ pub fn table(state: &AppState) -> Vec<Route> {
         Route::new(Method::GET, "/demo/app.js", Public, Shed, get(demo::script)),
         Route::new(Method::GET, "/demo/app.css", Public, Shed, get(demo::style)),
     ];
+    if !state.metrics_apart {
+        routes.push(metrics());
+    }
     if let Some(root) = &state.local_root {
         let files = ServeDir::new(root)
             .append_index_html_on_directories(false)
@@ -239,6 +235,17 @@ pub fn table(state: &AppState) -> Vec<Route> {
         ));
     }
     routes
+}
+
+/// `GET /metrics`: in the table, or alone on the metrics listener (`metrics.listen`).
+pub fn metrics() -> Route {
+    Route::new(
+        Method::GET,
+        "/metrics",
+        Access::Ops,
+        Shedding::Exempt,
+        get(super::metrics_text),
+    )
 }
 
 /// The router of a table, and the policies by path for the gate.

@@ -316,7 +316,10 @@ mod tests {
 
     fn failures(reason: &str) -> u64 {
         let text = crate::metrics::handle().render();
-        let series = format!("storyboard_read_failures_total{{reason=\"{reason}\"}} ");
+        let series = format!(
+            "{}_storyboard_read_failures_total{{reason=\"{reason}\"}} ",
+            crate::metrics::PREFIX
+        );
         text.lines()
             .find_map(|l| l.strip_prefix(&series))
             .map_or(0, |v| v.trim().parse().unwrap())

@@ -399,6 +399,11 @@ impl Resolver {
         self.inner.cache.weighted_size()
     }
 
+    /// The cache's budget in bytes (`cache.max_bytes`).
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.cache.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
     pub async fn entry_count(&self) -> u64 {
         self.inner.cache.run_pending_tasks().await;
         self.inner.cache.entry_count()

@@ -284,6 +284,7 @@ pub fn app_state(
         server: settings.server.clone(),
         bench: settings.bench.clone(),
         draining: Default::default(),
+        metrics_apart: settings.metrics.listen.is_some(),
     }))
 }
 

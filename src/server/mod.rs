@@ -9,11 +9,12 @@ pub mod healthcheck;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use futures::FutureExt;
 use tokio::net::TcpListener;
 use url::Url;
 
 use crate::config::{Invalid, Settings};
-use crate::http::{AppState, app};
+use crate::http::{AppState, app, metrics_app};
 use crate::source::Backend;
 
 /// Why the server could not start.
@@ -28,10 +29,15 @@ pub enum StartError {
     Config(#[from] Invalid),
 }
 
+/// Connections the metrics listener keeps open at once (a scraper or two, and a person).
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 /// A bound, not yet serving, server. Binding first lets port 0 work: the public base URL (used
 /// in local-mode URLs) is derived from the address actually bound.
 pub struct Server {
     listener: TcpListener,
+    /// `metrics.listen`'s listener and its bound address, when set.
+    metrics: Option<(TcpListener, SocketAddr)>,
     state: AppState,
     addr: SocketAddr,
     base_url: Url,
@@ -48,18 +54,16 @@ impl Server {
         settings: Settings,
         wrap: impl FnOnce(Backend) -> Backend,
     ) -> Result<Self, StartError> {
-        let bind_error = |source| StartError::Bind {
-            addr: settings.server.listen,
-            source,
+        let (listener, addr) = bind(settings.server.listen).await?;
+        let metrics = match settings.metrics.listen {
+            Some(listen) => Some(bind(listen).await?),
+            None => None,
         };
-        let listener = TcpListener::bind(settings.server.listen)
-            .await
-            .map_err(bind_error)?;
-        let addr = listener.local_addr().map_err(bind_error)?;
         let base_url = settings.server.public_base_url(addr);
         let state = compose::app_state(&settings, &base_url, wrap)?;
         Ok(Self {
             listener,
+            metrics,
             state,
             addr,
             base_url,
@@ -68,6 +72,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served apart (`metrics.listen`), as bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn base_url(&self) -> &Url {
@@ -95,6 +104,7 @@ impl Server {
             addr = %self.addr,
             base_url = %self.base_url,
             max_connections = limits.max_connections,
+            metrics_addr = self.metrics.as_ref().map(|(_, addr)| addr.to_string()),
             "listening"
         );
         let grace = server.shutdown_grace;
@@ -104,7 +114,9 @@ impl Server {
                 grace_s = grace.as_secs_f64(),
                 "shutting down: closing idle connections, draining requests in progress"
             );
-        };
+        }
+        .boxed()
+        .shared();
         // Histogram samples are kept until upkeep runs; without a scrape they would pile up.
         let upkeep = tokio::spawn(async {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -113,10 +125,32 @@ impl Server {
                 crate::metrics::handle().run_upkeep();
             }
         });
-        connections::serve(self.listener, app(self.state), limits, signal, grace).await;
+        let metrics = self.metrics.map(|(listener, _)| {
+            let limits = connections::Limits {
+                max_connections: METRICS_MAX_CONNECTIONS,
+                ..limits
+            };
+            let router = metrics_app(self.state.clone());
+            connections::serve(listener, router, limits, signal.clone(), grace)
+        });
+        let metrics = async {
+            if let Some(metrics) = metrics {
+                metrics.await;
+            }
+        };
+        let public = connections::serve(self.listener, app(self.state), limits, signal, grace);
+        tokio::join!(public, metrics);
         upkeep.abort();
         Ok(())
     }
+}
+
+/// Binds `addr`, and tells the address bound (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
 }
 
 /// Completes when the server should stop accepting: at once on SIGINT (Ctrl-C); on SIGTERM

@@ -11,7 +11,13 @@ async fn cache_gauges(service: &Service) -> (f64, f64) {
     let gauge = |name: &str| {
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .find_map(|l| {
+                l.strip_prefix("ams_thumbnails_")?
+                    .strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
             .unwrap_or(0.0)
     };
     (gauge("cache_bytes"), gauge("cache_entries"))

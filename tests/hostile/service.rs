@@ -173,8 +173,10 @@ impl Service {
             .unwrap()
     }
 
-    /// A counter's value summed over its series (0 when absent).
+    /// A counter's value summed over its series (0 when absent); `name` without the
+    /// `ams_thumbnails_` prefix, labels may follow.
     pub async fn counter(&self, name: &str) -> f64 {
+        let name = &format!("ams_thumbnails_{name}");
         self.metrics()
             .await
             .lines()

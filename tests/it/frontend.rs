@@ -513,7 +513,7 @@ async fn metrics_count_requests_cache_and_upstream() {
         ) >= 1.0
     );
     assert!(
-        after.contains("http_request_duration_seconds_bucket"),
+        after.contains("ams_thumbnails_http_request_duration_seconds_bucket"),
         "histograms"
     );
     // `cache_entries` is one process-wide gauge that each app sets as it is scraped: another

@@ -197,6 +197,8 @@ pub fn app_with_probe(settings: Settings) -> (axum::Router, AppState, Arc<Probe>
 /// The real server, on 127.0.0.1:0, with a probe between it and the backend.
 pub struct TestServer {
     pub base: String,
+    /// `http://{metrics.listen}` as bound, when `/metrics` has its own listener.
+    pub metrics_base: Option<String>,
     pub probe: Arc<Probe>,
     pub state: AppState,
     pub client: reqwest::Client,
@@ -215,6 +217,7 @@ impl TestServer {
         .await
         .expect("bind 127.0.0.1:0");
         let base = server.base_url().as_str().trim_end_matches('/').to_owned();
+        let metrics_base = server.metrics_addr().map(|addr| format!("http://{addr}"));
         let state = server.state().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.run_until(async {
@@ -222,6 +225,7 @@ impl TestServer {
         }));
         Self {
             base,
+            metrics_base,
             probe: probe_slot.expect("backend built"),
             state,
             client: reqwest::Client::builder()
@@ -312,11 +316,14 @@ pub async fn raw_get(base: &str, path: &str) -> (u16, String) {
 }
 
 /// The sum of the samples of `name` whose labels include `labels`, in a Prometheus text scrape.
+/// `name` is the short name the code records (`cache_hits_total`); the scrape's is
+/// `ams_thumbnails_cache_hits_total`.
 ///
 /// The recorder is process-wide and every test shares it: compare two scrapes taken around what
 /// a test does (a delta), and expect other tests' increments in that delta too (at least, not
 /// exactly).
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let name = &format!("{}_{name}", ams_thumbnails::metrics::PREFIX);
     text.lines()
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter(|l| {

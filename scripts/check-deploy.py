@@ -194,9 +194,11 @@ def check(condition: bool, message: str) -> None:
 
 
 def dockerfile_user(root: Path) -> int:
-    users = re.findall(r"^USER\s+(\d+)", (root / "Dockerfile").read_text(), re.M)
-    check(len(users) == 1, "Dockerfile: one numeric USER expected")
-    return int(users[0])
+    # Every runtime target (lean and with ffmpeg) runs as the same numeric user, the one the
+    # manifests' securityContext names.
+    users = set(re.findall(r"^USER\s+(\d+)", (root / "Dockerfile").read_text(), re.M))
+    check(len(users) == 1, f"Dockerfile: every target should run as one numeric USER, found {sorted(users) or 'none'}")
+    return int(users.pop())
 
 
 def port_of(address: str) -> int:

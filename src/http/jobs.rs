@@ -1,5 +1,6 @@
-//! `POST /assets/{assetId}/thumbnails:generate` and `GET /jobs/{jobName}`: thumbnail generation
-//! through the backend's encoder (admin routes: generation is a write).
+//! `POST /assets/{assetId}/thumbnails:generate`, `GET /jobs/{jobName}` and
+//! `DELETE /jobs/{jobName}`: thumbnail generation through the configured encoder (admin routes:
+//! generation is a write).
 
 use std::time::Duration;
 
@@ -61,6 +62,24 @@ pub async fn status(State(state): State<AppState>, name: JobName) -> Result<Resp
         jobs.backend(),
         jobs.settings().poll_interval,
         false,
+    ))
+}
+
+/// `DELETE /jobs/{jobName}`: asks the encoder to cancel the job. 202 with the job while the
+/// cancel is under way (`Canceling`, or still running on the encoder's side), 200 once the job
+/// is final (`Canceled`, or it had ended before: a cancel changes nothing then).
+pub async fn cancel(State(state): State<AppState>, name: JobName) -> Result<Response, Problem> {
+    let jobs = state.jobs.as_ref().ok_or_else(|| {
+        Problem::from(JobsError::Unsupported {
+            kind: state.source_kind,
+        })
+    })?;
+    let job = jobs.cancel(&name.0).await?;
+    Ok(job_response(
+        &job,
+        jobs.backend(),
+        jobs.settings().poll_interval,
+        true,
     ))
 }
 

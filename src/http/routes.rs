@@ -147,6 +147,13 @@ pub fn table(state: &AppState) -> Vec<Route> {
             get(jobs::status),
         ),
         Route::new(
+            Method::DELETE,
+            "/jobs/{jobName}",
+            Admin,
+            Shed,
+            delete(jobs::cancel),
+        ),
+        Route::new(
             Method::POST,
             "/assets:batchGet",
             Api,

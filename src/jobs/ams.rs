@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::Encoder;
+use super::rest::Encoder;
 use super::spec::{ImageFormat, ThumbnailSpec};
 use crate::asset_id::AssetId;
 use crate::source::ams::AmsCatalog;
@@ -156,7 +156,7 @@ mod tests {
             &GenerateDefaults::default(),
         )
         .unwrap();
-        let body = crate::jobs::transform_body(preset(&spec));
+        let body = crate::jobs::rest::transform_body(preset(&spec));
         let preset = &body["properties"]["outputs"][0]["preset"];
         assert_eq!(
             preset["@odata.type"],

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::Encoder;
+use super::rest::Encoder;
 use super::spec::{ImageFormat, ThumbnailSpec};
 use crate::asset_id::AssetId;
 use crate::source::mkio::MkioCatalog;
@@ -125,7 +125,7 @@ mod tests {
             &GenerateDefaults::default(),
         )
         .unwrap();
-        let body = crate::jobs::transform_body(preset(&spec));
+        let body = crate::jobs::rest::transform_body(preset(&spec));
         let preset = &body["properties"]["outputs"][0]["preset"];
         assert_eq!(preset["@odata.type"], "#MediaKind.ThumbnailGeneratorPreset");
         let thumbnails = preset["thumbnails"].as_array().unwrap();

@@ -17,7 +17,8 @@ use crate::config::{
 use crate::http::auth::{Guard, JwtValidator};
 use crate::http::events::EventsGuard;
 use crate::http::{AppParts, AppState};
-use crate::jobs::{self, Encoder, Jobs};
+use crate::jobs::rest::{Encoder, RestJobs};
+use crate::jobs::{self, Jobs};
 use crate::recognise::Recogniser;
 use crate::resolver::{Resolver, SharedTier};
 use crate::source::{self, Backend, Catalog, HealthCheck};
@@ -263,7 +264,12 @@ pub fn app_state(
         });
     let events = EventsGuard::new(&settings.events, events_jwt);
     let guard = Guard::new(&settings.auth, &settings.rate_limit, jwt, events);
-    let jobs = encoder.map(|encoder| Jobs::new(encoder, settings.jobs.clone()));
+    let jobs = encoder.map(|encoder| {
+        Jobs::new(
+            Arc::new(RestJobs::new(encoder, settings.jobs.clone())),
+            settings.jobs.clone(),
+        )
+    });
     let health = backend.health.clone();
     let local_root = backend.local_root.clone();
     let resolver = Resolver::with_shared_tier(

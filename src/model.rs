@@ -101,3 +101,16 @@ pub fn content_type_for(name: &str) -> String {
         .essence_str()
         .to_owned()
 }
+
+/// The state document an ffmpeg job of this service writes next to its outputs; the resolver
+/// takes the generated thumbnails' times from its `outputs`.
+pub const JOB_DOCUMENT: &str = "ams-thumbnails-job.json";
+
+/// A thumbnail a job of this service generated: its blob name, index and frame time.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct GeneratedOutput {
+    pub name: String,
+    pub index: u64,
+    /// Seconds from the start of the video.
+    pub time: f64,
+}

@@ -8,8 +8,10 @@ pub mod links;
 pub mod sas;
 mod traced;
 pub mod validity;
+pub mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport};
 
@@ -221,6 +223,9 @@ pub struct AzureBackend {
     pub health: Vec<Arc<dyn crate::source::HealthCheck>>,
     /// Lists `storage.account`'s containers with the blob store's access (`catalog scan`).
     pub containers: containers::ContainerLister,
+    /// Writes into asset containers (the ffmpeg encoder), or why it cannot: only account-key
+    /// and Entra access can write.
+    pub writer: Result<Arc<dyn crate::source::BlobWriter>, String>,
 }
 
 /// What the Azure parts are built from: the configured sections, and the one HTTP client.
@@ -229,6 +234,8 @@ pub struct AzureSettings<'a> {
     pub links: &'a LinkSettings,
     pub credential: Option<&'a CredentialSettings>,
     pub upstream: &'a UpstreamSettings,
+    /// How long ffmpeg's input URLs stay valid (a job's timeout, and some).
+    pub media_lifetime: Duration,
 }
 
 impl AzureBackend {
@@ -276,6 +283,54 @@ impl AzureBackend {
                 StorageAccess::Entra(credential.clone().ok_or_else(|| missing("credential"))?)
             }
             StorageAuth::AmsContainerSas => StorageAccess::LocationSas,
+        };
+        let media_validity = Validity::new(
+            settings.media_lifetime,
+            settings.links.clock_skew,
+            protocol,
+            Duration::ZERO,
+            None,
+        );
+        let writer: Result<Arc<dyn crate::source::BlobWriter>, String> = match &access {
+            StorageAccess::AccountKey { signer, protocol } => {
+                let inputs = Arc::new(AccountKeySasLinker {
+                    base: LinkBase::new(endpoint.clone(), None),
+                    signer: signer.clone(),
+                    validity: media_validity,
+                });
+                Ok(Arc::new(writer::AzureBlobWriter::new(
+                    endpoint.clone(),
+                    http.clone(),
+                    writer::WriteAccess::AccountKey {
+                        signer: signer.clone(),
+                        protocol: *protocol,
+                    },
+                    inputs,
+                    settings.upstream.ca_file.clone(),
+                )))
+            }
+            StorageAccess::Entra(credential) => {
+                let inputs = Arc::new(UserDelegationLinker::new(
+                    LinkBase::new(endpoint.clone(), None),
+                    endpoint.clone(),
+                    credential.clone(),
+                    options.clone(),
+                    media_validity,
+                ));
+                Ok(Arc::new(writer::AzureBlobWriter::new(
+                    endpoint.clone(),
+                    http.clone(),
+                    writer::WriteAccess::Entra(credential.clone()),
+                    inputs,
+                    settings.upstream.ca_file.clone(),
+                )))
+            }
+            StorageAccess::Anonymous => Err(
+                "storage.auth = \"anonymous\" cannot write; the ffmpeg encoder needs \"account-key\" or \"entra\" (the Storage Blob Data Contributor role on the containers)".into(),
+            ),
+            StorageAccess::LocationSas => Err(
+                "storage.auth = \"ams-container-sas\" cannot write; the ffmpeg encoder needs \"account-key\" or \"entra\"".into(),
+            ),
         };
         let containers = containers::ContainerLister::new(
             endpoint.clone(),
@@ -333,6 +388,7 @@ impl AzureBackend {
             linker,
             health,
             containers,
+            writer,
         })
     }
 }

@@ -47,7 +47,7 @@ pub use error::{ConfigError, Invalid};
 pub use events::{
     EVENT_GRID_ROLE, EventsEntraSettings, EventsSettings, MIN_SECRET_LEN, SECRET_PARAMETER,
 };
-pub use jobs::{GenerateDefaults, JobSettings};
+pub use jobs::{EncoderChoice, GenerateDefaults, JobSettings};
 pub use log::{LogFormat, LogSettings};
 pub use recognition::{LayerSize, RecognitionSettings, Timing};
 pub use server::ServerSettings;

@@ -28,9 +28,9 @@ pub async fn generate(
     body: Result<Json<GenerateRequest>, Problem>,
 ) -> Result<Response, Problem> {
     // Without an encoder the body does not matter: the answer is 501 whatever it holds.
-    let jobs = state.jobs.as_ref().ok_or_else(|| {
+    let jobs = state.jobs.as_ref().map_err(|reason| {
         Problem::from(JobsError::Unsupported {
-            kind: state.source_kind,
+            reason: reason.clone(),
         })
     })?;
     let Json(request) = body?;
@@ -46,9 +46,9 @@ pub async fn generate(
 /// `GET /jobs/{jobName}`: the job as the backend reports it now. The first answer that sees it
 /// finished drops the output asset's cache entry, so its thumbnails are listed afresh.
 pub async fn status(State(state): State<AppState>, name: JobName) -> Result<Response, Problem> {
-    let jobs = state.jobs.as_ref().ok_or_else(|| {
+    let jobs = state.jobs.as_ref().map_err(|reason| {
         Problem::from(JobsError::Unsupported {
-            kind: state.source_kind,
+            reason: reason.clone(),
         })
     })?;
     let status = jobs.status(&name.0).await?;
@@ -69,9 +69,9 @@ pub async fn status(State(state): State<AppState>, name: JobName) -> Result<Resp
 /// cancel is under way (`Canceling`, or still running on the encoder's side), 200 once the job
 /// is final (`Canceled`, or it had ended before: a cancel changes nothing then).
 pub async fn cancel(State(state): State<AppState>, name: JobName) -> Result<Response, Problem> {
-    let jobs = state.jobs.as_ref().ok_or_else(|| {
+    let jobs = state.jobs.as_ref().map_err(|reason| {
         Problem::from(JobsError::Unsupported {
-            kind: state.source_kind,
+            reason: reason.clone(),
         })
     })?;
     let job = jobs.cancel(&name.0).await?;
@@ -194,12 +194,16 @@ fn job_response(job: &Job, backend: &'static str, poll: Duration, submit: bool) 
 impl From<JobsError> for Problem {
     fn from(e: JobsError) -> Self {
         match e {
-            JobsError::Unsupported { kind } => Problem::new(
+            JobsError::Unsupported { reason } => Problem::new(
                 Kind::GenerationUnsupported,
-                format!(
-                    "the {kind} source has no encoder; thumbnails can be generated with the \
-                     ams and mkio sources"
-                ),
+                format!("thumbnail generation is unavailable: {reason}"),
+            ),
+            JobsError::NoVideo { pattern } => Problem::new(
+                Kind::NoVideo,
+                match pattern {
+                    Some(p) => format!("the asset has no blob matching jobs.input_pattern ({p}) to generate thumbnails from"),
+                    None => "the asset has no .mp4 video to generate thumbnails from (set jobs.input_pattern for other names)".to_owned(),
+                },
             ),
             JobsError::Invalid(invalid) => Problem::new(
                 Kind::InvalidBody,

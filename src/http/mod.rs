@@ -57,8 +57,8 @@ pub struct AppState(Arc<AppParts>);
 /// What the HTTP layer is given, built once by the composition root (`server::compose`).
 pub struct AppParts {
     pub resolver: Resolver,
-    /// Thumbnail generation, when the backend has an encoder.
-    pub jobs: Option<crate::jobs::Jobs>,
+    /// Thumbnail generation, or why there is none (the 501 says it).
+    pub jobs: Result<crate::jobs::Jobs, String>,
     /// The dependencies `/readyz` reports on.
     pub health: Vec<Arc<dyn HealthCheck>>,
     /// Folder served under `/local/`, when the source is local.

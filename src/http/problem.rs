@@ -48,6 +48,7 @@ pub enum Kind {
     OriginNotAllowed,
     JobNotFound,
     GenerationUnsupported,
+    NoVideo,
     GenerationRefused,
     GenerationFailed,
     Internal,
@@ -87,6 +88,7 @@ impl Kind {
             Kind::OriginNotAllowed => "origin-not-allowed",
             Kind::JobNotFound => "job-not-found",
             Kind::GenerationUnsupported => "generation-unsupported",
+            Kind::NoVideo => "no-video",
             Kind::GenerationRefused => "generation-refused",
             Kind::GenerationFailed => "generation-failed",
             Kind::Internal => "internal-error",
@@ -118,9 +120,10 @@ impl Kind {
             Kind::UriTooLong => StatusCode::URI_TOO_LONG,
             Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Kind::AssetUnservable | Kind::GenerationRefused | Kind::GenerationFailed => {
-                StatusCode::CONFLICT
-            }
+            Kind::AssetUnservable
+            | Kind::GenerationRefused
+            | Kind::GenerationFailed
+            | Kind::NoVideo => StatusCode::CONFLICT,
             Kind::GenerationUnsupported => StatusCode::NOT_IMPLEMENTED,
             Kind::UpstreamError => StatusCode::BAD_GATEWAY,
             Kind::UpstreamUnavailable | Kind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -161,7 +164,8 @@ impl Kind {
             Kind::PreconditionFailed => "Precondition failed",
             Kind::OriginNotAllowed => "Origin not allowed",
             Kind::JobNotFound => "Job not found",
-            Kind::GenerationUnsupported => "Generation not available for this source",
+            Kind::GenerationUnsupported => "Generation not available",
+            Kind::NoVideo => "Asset has no video",
             Kind::GenerationRefused => "The backend refuses generation",
             Kind::GenerationFailed => "Generation keeps failing",
             Kind::Internal => "Internal error",

@@ -111,9 +111,12 @@ pub struct Job {
 /// Generation failures, in domain terms (the HTTP layer picks the status).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JobsError {
-    /// The configured source has no encoder (local folder, storage only).
-    #[error("the {kind} source cannot generate thumbnails")]
-    Unsupported { kind: &'static str },
+    /// No encoder is configured; the reason says why (and what would give one).
+    #[error("thumbnail generation is unavailable: {reason}")]
+    Unsupported { reason: String },
+    /// The asset has no video to generate from (ffmpeg encoder).
+    #[error("the asset has no video")]
+    NoVideo { pattern: Option<String> },
     #[error("invalid request: {0}")]
     Invalid(#[from] InvalidSpec),
     /// Not a job name this service gives.

@@ -235,7 +235,9 @@ impl Generator for RestJobs {
 
     async fn cancel(&self, name: &str) -> Result<Job, JobsError> {
         let _ = name;
-        Err(JobsError::Unsupported { kind: "rest" })
+        Err(JobsError::Unsupported {
+            reason: "cancel is not available on this encoder yet".into(),
+        })
     }
 }
 

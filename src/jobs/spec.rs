@@ -128,6 +128,19 @@ impl ThumbnailSpec {
         })
     }
 
+    /// The request that gives exactly this specification, whatever the defaults.
+    pub fn as_request(&self) -> GenerateRequest {
+        GenerateRequest {
+            start: Some(self.start.clone()),
+            step: Some(self.step.clone()),
+            range: Some(self.range.clone()),
+            width: Some(self.width.clone().unwrap_or_default()),
+            height: Some(self.height.clone().unwrap_or_default()),
+            format: Some(self.format.as_str().to_owned()),
+            sprite_columns: Some(self.sprite_columns.unwrap_or(0)),
+        }
+    }
+
     /// 8 hex digits naming this specification (transform names, output names).
     pub fn digest(&self) -> String {
         let canonical = format!(

@@ -20,6 +20,20 @@ const VTT_LIMIT: usize = 2 * 1024 * 1024;
 /// At most this many VTT files are read per asset.
 const VTT_MAX_FILES: usize = 4;
 
+/// Largest job document read.
+const JOB_DOCUMENT_LIMIT: usize = 16 * 1024 * 1024;
+/// At most this many job documents are read per asset.
+const JOB_DOCUMENT_MAX_FILES: usize = 8;
+
+/// What this service's ffmpeg jobs left in the asset ([`crate::model::JOB_DOCUMENT`]).
+#[derive(Default)]
+struct Generated {
+    /// Frame time of each generated thumbnail, by blob name.
+    times: std::collections::HashMap<String, f64>,
+    /// Folders (with their trailing `/`) of jobs that have not finished.
+    unfinished: Vec<String>,
+}
+
 /// The storyboards read for one load.
 #[derive(Default)]
 struct Storyboards {
@@ -77,9 +91,23 @@ impl Inner {
 
     async fn load_found(&self, id: &AssetId) -> Result<Resolved, SourceError> {
         let location = self.backend.catalog.locate(id).await?;
-        let blobs = self.backend.store.list(&location).await?;
+        let mut blobs = self.backend.store.list(&location).await?;
+        let generated = self.read_job_documents(id, &location, &blobs).await;
+        // What a job is still writing (or failed to finish) is not listed.
+        blobs.retain(|b| {
+            !generated
+                .unfinished
+                .iter()
+                .any(|folder| b.name.starts_with(folder.as_str()))
+        });
         let storyboards = self.read_storyboards(id, &location, &blobs).await;
-        let recognition = self.recogniser.recognise(&blobs, &storyboards.parsed);
+        let mut recognition = self.recogniser.recognise(&blobs, &storyboards.parsed);
+        // A generated thumbnail's time is the one its job recorded.
+        for thumbnail in &mut recognition.thumbnails {
+            if let Some(time) = generated.times.get(&thumbnail.blob.name) {
+                thumbnail.time = Some(*time);
+            }
+        }
 
         let mut names: Vec<&str> = recognition
             .thumbnails
@@ -171,6 +199,51 @@ impl Inner {
             );
         }
         (left.min(self.policy.ttl), left.min(keep))
+    }
+
+    /// The job documents among the blobs: the times of finished jobs' thumbnails, and the
+    /// folders of jobs still at work. A document that cannot be read costs its thumbnails
+    /// their times, nothing more.
+    async fn read_job_documents(
+        &self,
+        id: &AssetId,
+        location: &AssetLocation,
+        blobs: &[crate::model::BlobEntry],
+    ) -> Generated {
+        #[derive(serde::Deserialize)]
+        struct Document {
+            state: String,
+            #[serde(default)]
+            outputs: Vec<crate::model::GeneratedOutput>,
+        }
+        let mut out = Generated::default();
+        let suffix = format!("/{}", crate::model::JOB_DOCUMENT);
+        let documents = blobs
+            .iter()
+            .filter(|b| b.name.ends_with(&suffix) && b.size <= JOB_DOCUMENT_LIMIT as u64)
+            .take(JOB_DOCUMENT_MAX_FILES);
+        for blob in documents {
+            let folder = &blob.name[..blob.name.len() - crate::model::JOB_DOCUMENT.len()];
+            let read = self
+                .backend
+                .store
+                .read(location, &blob.name, JOB_DOCUMENT_LIMIT)
+                .await;
+            let parsed = read
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Document>(&bytes).ok());
+            match parsed {
+                Some(doc) if doc.state == "Finished" => {
+                    out.times
+                        .extend(doc.outputs.into_iter().map(|o| (o.name, o.time)));
+                }
+                Some(_) => out.unfinished.push(folder.to_owned()),
+                None => {
+                    tracing::warn!(asset_id = %id, blob = %blob.name, "job document not used");
+                }
+            }
+        }
+        out
     }
 
     /// The storyboard VTTs among the blobs, parsed. A VTT that cannot be used costs the asset

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::azure::{self, AzureBackend, AzureSettings};
+use crate::config::EncoderChoice;
 use crate::config::{
     AmsSourceSettings, Invalid, MkioSourceSettings, Settings, SourceSettings,
     uses_ams_container_sas,
@@ -17,16 +18,20 @@ use crate::config::{
 use crate::http::auth::{Guard, JwtValidator};
 use crate::http::events::EventsGuard;
 use crate::http::{AppParts, AppState};
+use crate::jobs::ffmpeg::process::Tools;
+use crate::jobs::ffmpeg::{FfmpegJobs, FfmpegParts, OnFinished};
 use crate::jobs::rest::{Encoder, RestJobs};
 use crate::jobs::{self, Jobs};
 use crate::recognise::Recogniser;
 use crate::resolver::{Resolver, SharedTier};
-use crate::source::{self, Backend, Catalog, HealthCheck};
+use crate::source::{self, Backend, BlobWriter, Catalog, HealthCheck};
 
-/// A backend and, where the source has one, its encoder.
+/// A backend and, where the source has one, its encoder; and what the ffmpeg encoder would
+/// write with (or why it cannot).
 pub struct Sourced {
     pub backend: Backend,
     pub encoder: Option<Arc<dyn Encoder>>,
+    pub writer: Result<Arc<dyn BlobWriter>, String>,
 }
 
 /// The configured backend, instrumented (upstream metrics, concurrency bound, simulated
@@ -44,8 +49,13 @@ pub fn backend(
         )
     };
     let account = &settings.storage.account;
+    let writer: Result<Arc<dyn BlobWriter>, String>;
     let (backend, encoder, names): (Backend, Option<Arc<dyn Encoder>>, _) = match &settings.source {
         SourceSettings::Local(local) => {
+            writer = Ok(Arc::new(source::local::LocalSource::new(
+                local,
+                public_base_url,
+            )));
             let source = Arc::new(source::local::LocalSource::new(local, public_base_url));
             let backend = Backend {
                 catalog: source.clone(),
@@ -64,14 +74,17 @@ pub fn backend(
                     account,
                 )),
             };
+            let azure = azure(http)?;
+            writer = azure.writer.clone();
             (
-                over_azure(catalog, None, azure(http)?),
+                over_azure(catalog, None, azure),
                 None,
                 ("storage", "storage"),
             )
         }
         SourceSettings::Mkio(mkio) => {
             let azure = azure(http)?;
+            writer = azure.writer.clone();
             let catalog = Arc::new(mkio_catalog(settings, mkio, &azure)?);
             let encoder = Arc::new(jobs::mkio::MkioEncoder::new(catalog.clone()));
             let backend = over_azure(catalog.clone(), Some(catalog), azure);
@@ -83,6 +96,7 @@ pub fn backend(
         }
         SourceSettings::Ams(ams) => {
             let azure = azure(http)?;
+            writer = azure.writer.clone();
             let catalog = Arc::new(ams_catalog(settings, ams, &azure)?);
             let encoder = Arc::new(jobs::ams::AmsEncoder::new(
                 catalog.clone(),
@@ -102,7 +116,11 @@ pub fn backend(
         settings.upstream.max_concurrency,
         settings.bench.upstream_latency,
     );
-    Ok(Sourced { backend, encoder })
+    Ok(Sourced {
+        backend,
+        encoder,
+        writer,
+    })
 }
 
 /// The Azure parts (storage access, links, credential) over the shared HTTP client.
@@ -113,6 +131,7 @@ fn azure_parts(settings: &Settings, http: &reqwest::Client) -> Result<AzureBacke
             links: &settings.links,
             credential: settings.credential.as_ref(),
             upstream: &settings.upstream,
+            media_lifetime: settings.jobs.timeout + std::time::Duration::from_secs(600),
         },
         http.clone(),
     )
@@ -245,7 +264,11 @@ pub fn app_state(
     let recogniser = Recogniser::new(&settings.recognition)?;
     jobs::check_settings(&settings.jobs)?;
     let http = http_client(settings)?;
-    let Sourced { backend, encoder } = backend(settings, public_base_url, http.as_ref())?;
+    let Sourced {
+        backend,
+        encoder,
+        writer,
+    } = backend(settings, public_base_url, http.as_ref())?;
     let backend = wrap(backend);
     let jwt = settings.auth.jwt.clone().map(|jwt| {
         let http = http
@@ -264,14 +287,9 @@ pub fn app_state(
         });
     let events = EventsGuard::new(&settings.events, events_jwt);
     let guard = Guard::new(&settings.auth, &settings.rate_limit, jwt, events);
-    let jobs = encoder.map(|encoder| {
-        Jobs::new(
-            Arc::new(RestJobs::new(encoder, settings.jobs.clone())),
-            settings.jobs.clone(),
-        )
-    });
     let health = backend.health.clone();
     let local_root = backend.local_root.clone();
+    let (catalog, store) = (backend.catalog.clone(), backend.store.clone());
     let resolver = Resolver::with_shared_tier(
         settings.cache.clone(),
         settings.server.request_timeout,
@@ -279,6 +297,7 @@ pub fn app_state(
         backend,
         SharedTier::new(&settings.cache.shared)?,
     );
+    let jobs = generation(settings, encoder, writer, (catalog, store), &resolver)?;
     Ok(AppState::new(AppParts {
         resolver,
         jobs,
@@ -292,6 +311,74 @@ pub fn app_state(
         draining: Default::default(),
         metrics_apart: settings.metrics.listen.is_some(),
     }))
+}
+
+/// The encoder behind the jobs API (`jobs.encoder`), or why there is none: the backend's own
+/// (AMS, MK.IO) where there is one, else ffmpeg when it is installed and the source can be
+/// written to. A finished ffmpeg job drops its asset's cached answers on every replica.
+fn generation(
+    settings: &Settings,
+    encoder: Option<Arc<dyn Encoder>>,
+    writer: Result<Arc<dyn BlobWriter>, String>,
+    (catalog, store): (Arc<dyn Catalog>, Arc<dyn source::BlobStore>),
+    resolver: &Resolver,
+) -> Result<Result<Jobs, String>, Invalid> {
+    let kind = settings.source.kind();
+    let rest = |encoder| {
+        Ok(Ok(Jobs::new(
+            Arc::new(RestJobs::new(encoder, settings.jobs.clone())),
+            settings.jobs.clone(),
+        )))
+    };
+    let required = match (settings.jobs.encoder, encoder) {
+        (Some(EncoderChoice::Backend) | None, Some(encoder)) => return rest(encoder),
+        (Some(EncoderChoice::Backend), None) => {
+            return Err(Invalid::new(
+                "jobs.encoder",
+                format!(
+                    "is \"backend\", but the {kind} source has no encoder of its own; use \"ffmpeg\""
+                ),
+            ));
+        }
+        (Some(EncoderChoice::Ffmpeg), _) => true,
+        (None, None) => false,
+    };
+    let unavailable = |key: &str, why: String| {
+        if required {
+            Err(Invalid::new(key, why))
+        } else {
+            Ok(Err(why))
+        }
+    };
+    let writer = match writer {
+        Ok(writer) => writer,
+        Err(why) => return unavailable("jobs.encoder", why),
+    };
+    let tools = match Tools::find(
+        &settings.jobs.ffmpeg_path,
+        settings.jobs.ffprobe_path.as_deref(),
+    ) {
+        Ok(tools) => tools,
+        Err(why) => return unavailable("jobs.ffmpeg_path", why),
+    };
+    let resolver = resolver.clone();
+    let on_finished: OnFinished = Arc::new(move |location| {
+        let resolver = resolver.clone();
+        Box::pin(async move {
+            resolver
+                .invalidate_container(&location.account, &location.container)
+                .await;
+        })
+    });
+    let ffmpeg = FfmpegJobs::new(FfmpegParts {
+        catalog,
+        store,
+        writer,
+        tools,
+        settings: settings.jobs.clone(),
+        on_finished,
+    });
+    Ok(Ok(Jobs::new(Arc::new(ffmpeg), settings.jobs.clone())))
 }
 
 /// Everything [`app_state`] builds, checked without serving (`check-config`).

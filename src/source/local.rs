@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use url::Url;
 
-use super::{AssetLocation, BlobStore, Catalog, HealthCheck, Linker, SourceError};
+use super::{
+    AssetLocation, BlobStore, BlobWriter, Catalog, HealthCheck, Lease, Linker, MediaInput,
+    PutCondition, SourceError, Stored, WriteError,
+};
 use crate::asset_id::AssetId;
 use crate::config::LocalSourceSettings;
 use crate::model::{BlobEntry, Link, content_type_for};
@@ -188,4 +191,196 @@ fn walk(dir: &Path) -> Result<Vec<BlobEntry>, SourceError> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The ffmpeg encoder writes into the asset's folder; a job's "lease" is an exclusive lock on
+/// `{name}.lock` beside its state file (released by the system when the process dies).
+#[async_trait]
+impl BlobWriter for LocalSource {
+    async fn media_input(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        _lifetime: std::time::Duration,
+    ) -> Result<MediaInput, WriteError> {
+        let path = self.file(location, name)?;
+        let path = tokio::fs::canonicalize(&path).await.map_err(io_error)?;
+        Ok(MediaInput {
+            target: path.to_string_lossy().into_owned(),
+            protocols: "file",
+            ca_file: None,
+        })
+    }
+
+    async fn get(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        limit: usize,
+    ) -> Result<Option<Stored>, WriteError> {
+        let path = self.file(location, name)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(m) if m.len() > limit as u64 => {
+                return Err(WriteError::Source(SourceError::Upstream {
+                    backend: BACKEND,
+                    message: format!("{name} is larger than {limit} bytes"),
+                }));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(e).into()),
+        }
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => Bytes::from(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(e).into()),
+        };
+        let leased = match std::fs::File::open(lock_path(&path)) {
+            Ok(file) => match file.try_lock() {
+                Ok(()) => {
+                    let _ = file.unlock();
+                    false
+                }
+                Err(_) => true,
+            },
+            Err(_) => false,
+        };
+        Ok(Some(Stored { bytes, leased }))
+    }
+
+    async fn put(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        body: Bytes,
+        _content_type: &str,
+        condition: PutCondition<'_>,
+    ) -> Result<(), WriteError> {
+        let path = self.file(location, name)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(write_error)?;
+        }
+        if matches!(condition, PutCondition::Absent) {
+            use tokio::io::AsyncWriteExt;
+            let mut file = match tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(WriteError::Conflict("BlobAlreadyExists".into()));
+                }
+                Err(e) => return Err(write_error(e)),
+            };
+            file.write_all(&body).await.map_err(write_error)?;
+            return file.sync_all().await.map_err(write_error);
+        }
+        // Whole or not at all: written aside, then renamed over.
+        let aside = path.with_file_name(format!(
+            ".{}.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
+            uuid::Uuid::new_v4().simple()
+        ));
+        tokio::fs::write(&aside, &body).await.map_err(write_error)?;
+        tokio::fs::rename(&aside, &path).await.map_err(|e| {
+            let _ = std::fs::remove_file(&aside);
+            write_error(e)
+        })
+    }
+
+    async fn delete(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        _lease: Option<&Lease>,
+    ) -> Result<(), WriteError> {
+        let path = self.file(location, name)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    async fn acquire(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        _duration: std::time::Duration,
+    ) -> Result<Option<Lease>, WriteError> {
+        let path = self.file(location, name)?;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(WriteError::Conflict("BlobNotFound".into()));
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(&path))
+            .map_err(write_error)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lease {
+                location: location.clone(),
+                name: name.to_owned(),
+                id: uuid::Uuid::new_v4().to_string(),
+                lock: Some(std::sync::Arc::new(file)),
+            })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(write_error(e)),
+        }
+    }
+
+    /// A lock held by a live process does not expire: nothing to renew.
+    async fn renew(&self, lease: &Lease) -> Result<(), WriteError> {
+        match &lease.lock {
+            Some(_) => Ok(()),
+            None => Err(WriteError::Conflict("LeaseNotPresent".into())),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), WriteError> {
+        if let Some(file) = &lease.lock {
+            let _ = file.unlock();
+        }
+        Ok(())
+    }
+}
+
+impl LocalSource {
+    /// The file of blob `name`, refusing names that would leave the asset's folder.
+    fn file(&self, location: &AssetLocation, name: &str) -> Result<PathBuf, WriteError> {
+        if name
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(WriteError::Source(SourceError::Upstream {
+                backend: BACKEND,
+                message: "not a blob name".into(),
+            }));
+        }
+        Ok(self.container_dir(location).join(name))
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// A write the file system refused: permissions are a refusal, like Storage's 403.
+fn write_error(e: std::io::Error) -> WriteError {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            WriteError::Refused {
+                status: 403,
+                code: "PermissionDenied".into(),
+            }
+        }
+        _ => WriteError::Source(io_error(e)),
+    }
 }

@@ -136,6 +136,116 @@ pub trait Linker: Send + Sync {
     ) -> Result<Vec<Link>, SourceError>;
 }
 
+/// Writes next to an asset's own blobs (what a job generates, and its state document), with
+/// leases so that one replica at a time works on a job. Only the encoder writes.
+#[async_trait]
+pub trait BlobWriter: Send + Sync {
+    /// Where ffmpeg reads blob `name` of the location from: a URL with a read-only SAS for that
+    /// blob, valid for `lifetime`, or a file path; with the protocols it needs.
+    async fn media_input(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<MediaInput, WriteError>;
+    /// A blob's bytes (at most `limit`) and whether a lease is held on it; `None`: no such blob.
+    async fn get(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        limit: usize,
+    ) -> Result<Option<Stored>, WriteError>;
+    async fn put(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        body: Bytes,
+        content_type: &str,
+        condition: PutCondition<'_>,
+    ) -> Result<(), WriteError>;
+    /// Deletes a blob; one already gone is no error. A leased blob needs its lease.
+    async fn delete(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        lease: Option<&Lease>,
+    ) -> Result<(), WriteError>;
+    /// Takes a lease of `duration` on an existing blob; `None` when another holds one.
+    async fn acquire(
+        &self,
+        location: &AssetLocation,
+        name: &str,
+        duration: Duration,
+    ) -> Result<Option<Lease>, WriteError>;
+    /// Renews a held lease; `WriteError::Conflict` when it was lost.
+    async fn renew(&self, lease: &Lease) -> Result<(), WriteError>;
+    async fn release(&self, lease: &Lease) -> Result<(), WriteError>;
+}
+
+/// What ffmpeg reads. Its `Debug` hides the URL's query (a SAS).
+#[derive(Clone)]
+pub struct MediaInput {
+    /// The `-i` argument: an `https://` URL with a SAS, or a path.
+    pub target: String,
+    /// `-protocol_whitelist`: only what `target` needs.
+    pub protocols: &'static str,
+    /// `-ca_file`: the private CA that signed the endpoint's certificate (`upstream.ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for MediaInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = self.target.split('?').next().unwrap_or_default();
+        f.debug_struct("MediaInput")
+            .field("target", &shown)
+            .field("protocols", &self.protocols)
+            .finish()
+    }
+}
+
+/// A blob as read back, with its lease state.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub bytes: Bytes,
+    /// Someone (possibly this replica) holds a lease on it.
+    pub leased: bool,
+}
+
+/// When a put may go ahead.
+#[derive(Debug, Clone, Copy)]
+pub enum PutCondition<'a> {
+    /// Whatever is there (an unleased blob).
+    Any,
+    /// Only when no blob of that name exists (`If-None-Match: *`).
+    Absent,
+    /// Under the lease this replica holds on the blob.
+    Leased(&'a Lease),
+}
+
+/// A held blob lease (or, for a folder, a held file lock).
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub location: AssetLocation,
+    pub name: String,
+    pub id: String,
+    /// The local source's lock: held while this lives.
+    pub lock: Option<Arc<std::fs::File>>,
+}
+
+/// Why a write did not happen, in domain terms.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// Storage refused the write (a read-only role, a SAS without write permission).
+    #[error("storage refused the write (HTTP {status} {code})")]
+    Refused { status: u16, code: String },
+    /// A condition did not hold: the blob exists (`Absent`), a lease is held by another, or
+    /// this replica's lease was lost.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
 /// A dependency whose state `/readyz` reports.
 #[async_trait]
 pub trait HealthCheck: Send + Sync {

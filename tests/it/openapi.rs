@@ -79,6 +79,7 @@ fn spec_is_openapi_3_1_with_the_schemas_tests_rely_on() {
         "generation-unsupported",
         "generation-refused",
         "generation-failed",
+        "no-video",
         "internal-error",
     ] {
         assert!(
@@ -315,26 +316,20 @@ async fn real_answers_match_the_spec() {
         assert_eq!(status, expected, "DELETE {uri}");
     }
     covered.insert(("DELETE".to_owned(), c.to_owned()));
-    // Generation: an admin route; the local source has no encoder, which is checked before the
-    // body (so even a bad body answers 501 there).
+    // Generation: an admin route. Without ffmpeg there is no encoder, which is checked before
+    // the body (so even a bad body answers 501 there). With it (installed by the test command)
+    // the local source generates: only answers that write nothing are asked for here (the
+    // ffmpeg tests generate into folders of their own, never into the samples).
     let g = "/assets/{assetId}/thumbnails:generate";
     let admin_json = [
         ("x-api-key", "test-admin-key"),
         ("content-type", "application/json"),
     ];
+    let (no_ffmpeg, _, _) = app_with_probe(settings(
+        "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"944650a7cd0f9e14d5c4fb15edbffb7fa45fb9ed36a4fa9be3d7e5476ae51bd9\", roles = [\"admin\"] }]\n\
+         [jobs]\nffmpeg_path = \"/nonexistent/ffmpeg\"\n",
+    ));
     for (uri, headers, body, expected) in [
-        (
-            "/assets/builtin-preset/thumbnails:generate",
-            &[][..],
-            None,
-            401,
-        ),
-        (
-            "/assets/builtin-preset/thumbnails:generate",
-            &[("x-api-key", "wrong")][..],
-            None,
-            401,
-        ),
         (
             "/assets/builtin-preset/thumbnails:generate",
             &admin[..],
@@ -353,21 +348,62 @@ async fn real_answers_match_the_spec() {
             Some(r#"{"nope":1}"#),
             501,
         ),
+    ] {
+        let status = check_with(&no_ffmpeg, &spec, "POST", g, uri, headers, body).await;
+        assert_eq!(status, expected, "POST {uri} {body:?} without ffmpeg");
+    }
+    let j = "/jobs/{jobName}";
+    let status = check_with(
+        &no_ffmpeg,
+        &spec,
+        "GET",
+        j,
+        "/jobs/ams-thumbnails-0123abcd-0123456789ab.YQ",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 501, "GET a job without ffmpeg");
+    for (uri, headers, body, expected) in [
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &[][..],
+            None,
+            401,
+        ),
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &[("x-api-key", "wrong")][..],
+            None,
+            401,
+        ),
+        (
+            "/assets/builtin-preset/thumbnails:generate",
+            &admin_json[..],
+            Some(r#"{"nope":1}"#),
+            400,
+        ),
+        ("/assets/ghost/thumbnails:generate", &admin[..], None, 404),
         ("/assets/a..b/thumbnails:generate", &admin[..], None, 400),
     ] {
         let status = check_with(&app, &spec, "POST", g, uri, headers, body).await;
         assert_eq!(status, expected, "POST {uri} {body:?}");
     }
     covered.insert(("POST".to_owned(), g.to_owned()));
-    let j = "/jobs/{jobName}";
     for (uri, headers, expected) in [
         ("/jobs/ams-thumbnails-0123abcd-0123456789ab", &[][..], 401),
         (
             "/jobs/ams-thumbnails-0123abcd-0123456789ab",
             &admin[..],
-            501,
+            400,
         ),
-        ("/jobs/not-one-of-ours", &admin[..], 501),
+        // Ours in shape, for an asset that does not exist (base64url of "ghost").
+        (
+            "/jobs/ams-thumbnails-0123abcd-0123456789ab.Z2hvc3Q",
+            &admin[..],
+            404,
+        ),
+        ("/jobs/not-one-of-ours", &admin[..], 400),
         ("/jobs/%FF", &admin[..], 400),
     ] {
         let status = check_with(&app, &spec, "GET", j, uri, headers, None).await;

@@ -28,6 +28,7 @@ mod events;
 mod fakes;
 mod faults;
 mod frontend;
+mod generate_ffmpeg;
 mod jobs;
 mod jwt;
 mod mkio;

@@ -83,6 +83,8 @@ pub enum Target {
     Listing,
     /// Any request.
     All,
+    /// `PUT` requests (Put Blob, Lease Blob): writes.
+    Writes,
 }
 
 /// One request the proxy received.
@@ -341,6 +343,7 @@ async fn handle(
         let position = s.faults.iter().position(|(target, _)| match target {
             Target::All => true,
             Target::Listing => listing,
+            Target::Writes => method == Method::PUT,
         });
         let fault = position.and_then(|i| s.faults.remove(i)).map(|(_, f)| f);
         if let Some(fault) = &fault {
@@ -481,6 +484,11 @@ fn storage_error(status: u16, retry_after_secs: Option<u64>) -> Response {
         504 | 408 => (
             "OperationTimedOut",
             "The operation could not be completed within the permitted time.",
+        ),
+        // What Storage answers an identity with a read-only role (Storage Blob Data Reader).
+        403 => (
+            "AuthorizationPermissionMismatch",
+            "This request is not authorized to perform this operation using this permission.",
         ),
         _ => ("InternalError", "Fault injected by the test proxy."),
     };

@@ -800,6 +800,20 @@ impl Inner {
             input.ca_file.as_deref(),
             work.path(),
         );
+        // The command as run, the input shown as `<input>` (a URL with a SAS, or a path):
+        // what `bench/encode.py` runs directly to measure this service's overhead.
+        let shown: Vec<&str> = args
+            .iter()
+            .map(|a| {
+                if *a == input.target {
+                    "<input>"
+                } else {
+                    a.as_str()
+                }
+            })
+            .collect();
+        let job = state.lock().await.name.clone();
+        tracing::info!(job, args = ?shown, output = %work.path().display(), "ffmpeg started");
         let span = (plan.end - plan.start).max(0.001);
         self.parts
             .tools

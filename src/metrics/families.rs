@@ -206,4 +206,13 @@ pub const FAMILIES: &[Family] = &[
         "thumbnail_jobs_completed_total",
         "Generation jobs seen final, once per job and instance, by backend and state (Finished, Error, Canceled).",
     ),
+    seconds(
+        "thumbnail_job_duration_seconds",
+        "ffmpeg encoder: how long a job ran on this replica (probe, ffmpeg, upload), by backend.",
+    ),
+    gauge(
+        "thumbnail_jobs_running",
+        Unit::Count,
+        "ffmpeg encoder: jobs this replica runs or holds waiting for a slot (jobs.max_concurrent).",
+    ),
 ];

@@ -611,10 +611,12 @@ impl Inner {
             .lock()
             .expect("running jobs lock")
             .insert(place.key(), stop.clone());
+        metrics::gauge!("thumbnail_jobs_running", "backend" => BACKEND).increment(1.0);
         tokio::spawn(async move {
             let key = place.key();
             self.run(place, lease, doc, spec, stop, stopped).await;
             self.running.lock().expect("running jobs lock").remove(&key);
+            metrics::gauge!("thumbnail_jobs_running", "backend" => BACKEND).decrement(1.0);
         });
     }
 

@@ -611,7 +611,13 @@ impl Storage {
     }
 
     fn settings(&self, endpoint: &str, extra: &str) -> Settings {
-        let toml = format!(
+        let toml = format!("{}{extra}\n", self.settings_toml(endpoint));
+        Settings::from_toml(&toml).expect("storage settings")
+    }
+
+    /// The settings as TOML, ending inside `[jobs]`.
+    fn settings_toml(&self, endpoint: &str) -> String {
+        format!(
             r#"[server]
 listen = "127.0.0.1:0"
 [source]
@@ -628,11 +634,9 @@ allow_http = true
 {auth}
 [jobs]
 lease = "15s"
-{extra}
 "#,
             auth = auth_toml(),
-        );
-        Settings::from_toml(&toml).expect("storage settings")
+        )
     }
 
     fn endpoint(&self) -> String {
@@ -798,4 +802,70 @@ async fn two_replicas_asked_for_one_job_run_it_once_and_either_cancels_it() {
     check_outputs(&api, &b.base, &id, &[0, 2, 4, 6, 8], false).await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_storage_a_dead_replicas_lease_expires_and_another_takes_the_job_over() {
+    let s = Storage::start(6).await;
+    let tools = tempfile::tempdir().unwrap();
+    let slow = slow_ffmpeg(tools.path(), 120);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = tools.path().join("replica.toml");
+    let toml = format!(
+        "{}ffmpeg_path = \"{}\"\nffprobe_path = \"{}\"\n",
+        s.settings_toml(&s.endpoint()),
+        slow.display(),
+        which("ffprobe").display()
+    )
+    .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, toml).unwrap();
+    let mut replica = Command::new(env!("CARGO_BIN_EXE_ams-thumbnails"))
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = format!("http://127.0.0.1:{port}");
+    let api = Api::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api
+        .http
+        .get(format!("{first}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the replica never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = s.id.to_string();
+    let (status, job) = api.generate(&first, &id, json!({"step": "PT2S"})).await;
+    assert_eq!(status, 202, "{job}");
+    let name = job["name"].as_str().unwrap().to_owned();
+    api.until_state(&first, &name, "Processing").await;
+    replica.kill().unwrap();
+    replica.wait().unwrap();
+    let killed_at = Instant::now();
+    for pid in runs(tools.path()) {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    // Another replica: while the dead one's lease (15 s) holds, the job is reported as is;
+    // once it expired, the next request takes the job over.
+    let server = TestServer::start(s.settings(&s.endpoint(), "")).await;
+    let (_, seen) = api.job(&server.base, &name).await;
+    assert_eq!(seen["state"], "Processing", "the lease still holds: {seen}");
+    let (_, done) = api
+        .until_final(&server.base, &name, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["state"], "Finished", "{done}");
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(10),
+        "not before the lease could expire"
+    );
+    check_outputs(&api, &server.base, &id, &[0, 2, 4], false).await;
+    server.stop().await.unwrap();
 }

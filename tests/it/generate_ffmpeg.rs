@@ -159,6 +159,13 @@ impl Api {
         }
     }
 
+    /// Trusting the test CA too (Azurite over https).
+    fn trusting(pki: &crate::support::tls::TestPki) -> Self {
+        Self {
+            http: crate::support::tls::client(pki),
+        }
+    }
+
     async fn generate(&self, server: &str, id: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
@@ -867,5 +874,76 @@ async fn on_storage_a_dead_replicas_lease_expires_and_another_takes_the_job_over
         "not before the lease could expire"
     );
     check_outputs(&api, &server.base, &id, &[0, 2, 4], false).await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_entra_ffmpeg_reads_over_verified_https_with_a_user_delegation_sas() {
+    use crate::support::fake_entra::FakeEntra;
+    use crate::support::tls;
+    let pki = tls::shared();
+    let entra = FakeEntra::start_https(pki).await;
+    let az = Azurite::start_https_oauth(pki).await;
+    let client = tls::client(pki);
+    let id = Uuid::new_v4();
+    let container = format!("asset-{id}");
+    create_container(&client, &az, &container, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    make_video(&dir.path().join("v.mp4"), 6);
+    put_blob(
+        &client,
+        &az,
+        &container,
+        "Clip_320x180_400.mp4",
+        &std::fs::read(dir.path().join("v.mp4")).unwrap(),
+        "video/mp4",
+    )
+    .await;
+    let toml = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[source]
+kind = "storage"
+[storage]
+account = "{ACCOUNT}"
+endpoint = "{endpoint}"
+auth = "entra"
+[links]
+mode = "user-delegation-sas"
+[credential]
+kind = "client-secret"
+tenant_id = "{tenant}"
+client_id = "{client_id}"
+client_secret = "{secret}"
+authority_host = "{authority}"
+[upstream]
+ca_file = "{ca}"
+{auth}
+[jobs]
+encoder = "ffmpeg"
+"#,
+        endpoint = az.blob_endpoint.replace(ACCOUNT, "{account}"),
+        tenant = entra.tenant_id(),
+        client_id = entra.client_id(),
+        secret = entra.client_secret(),
+        authority = entra.authority_host(),
+        ca = pki.ca_pem.display(),
+        auth = auth_toml(),
+    );
+    let server = TestServer::start(Settings::from_toml(&toml).unwrap()).await;
+    let api = Api::trusting(pki);
+    let (status, job) = api
+        .generate(&server.base, &id.to_string(), json!({"step": "PT2S"}))
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let (_, done) = api
+        .until_final(
+            &server.base,
+            job["name"].as_str().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(done["state"], "Finished", "{done}");
+    check_outputs(&api, &server.base, &id.to_string(), &[0, 2, 4], false).await;
     server.stop().await.unwrap();
 }

@@ -506,10 +506,7 @@ async fn a_replica_killed_mid_job_leaves_the_job_to_the_next_one() {
     std::fs::create_dir(root.path().join("clip")).unwrap();
     make_video(&root.path().join("clip/clip.mp4"), 10);
     let slow = slow_ffmpeg(tools.path(), 60);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let config = tools.path().join("replica.toml");
     std::fs::write(
         &config,
@@ -522,26 +519,8 @@ async fn a_replica_killed_mid_job_leaves_the_job_to_the_next_one() {
         ),
     )
     .unwrap();
-    let mut replica = Command::new(env!("CARGO_BIN_EXE_ams-thumbnails"))
-        .args(["--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = format!("http://127.0.0.1:{port}");
     let api = Api::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api
-        .http
-        .get(format!("{first}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the replica never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut replica, first) = replica_process(&api, &config, port).await;
     let (status, job) = api.generate(&first, "clip", json!({"step": "PT2S"})).await;
     assert_eq!(status, 202, "{job}");
     let name = job["name"].as_str().unwrap().to_owned();
@@ -572,6 +551,35 @@ async fn a_replica_killed_mid_job_leaves_the_job_to_the_next_one() {
     .unwrap();
     assert_eq!(document["takeovers"], 1, "{document}");
     server.stop().await.unwrap();
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The service as a process of its own (so that it can be killed), once it answers.
+async fn replica_process(api: &Api, config: &Path, port: u16) -> (std::process::Child, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_ams-thumbnails"))
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the replica never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
 }
 
 // ---- storage, against Azurite ----
@@ -816,10 +824,7 @@ async fn on_storage_a_dead_replicas_lease_expires_and_another_takes_the_job_over
     let s = Storage::start(6).await;
     let tools = tempfile::tempdir().unwrap();
     let slow = slow_ffmpeg(tools.path(), 120);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let config = tools.path().join("replica.toml");
     let toml = format!(
         "{}ffmpeg_path = \"{}\"\nffprobe_path = \"{}\"\n",
@@ -829,26 +834,8 @@ async fn on_storage_a_dead_replicas_lease_expires_and_another_takes_the_job_over
     )
     .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     std::fs::write(&config, toml).unwrap();
-    let mut replica = Command::new(env!("CARGO_BIN_EXE_ams-thumbnails"))
-        .args(["--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let first = format!("http://127.0.0.1:{port}");
     let api = Api::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api
-        .http
-        .get(format!("{first}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the replica never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut replica, first) = replica_process(&api, &config, port).await;
     let id = s.id.to_string();
     let (status, job) = api.generate(&first, &id, json!({"step": "PT2S"})).await;
     assert_eq!(status, 202, "{job}");

@@ -16,26 +16,20 @@ impl Inner {
             .next()
             .unwrap_or_default()
             .to_owned();
+        // Names inside the asset (a catalog's prefix taken off).
+        let relative = |name: &'_ str| -> String {
+            name.strip_prefix(&place.location.prefix)
+                .unwrap_or(name)
+                .to_owned()
+        };
         let candidates: Vec<_> = blobs
             .iter()
-            .filter(|b| {
-                let relative = b
-                    .name
-                    .strip_prefix(&place.location.prefix)
-                    .unwrap_or(&b.name);
-                outputs_root.is_empty() || !relative.starts_with(&outputs_root)
-            })
+            .filter(|b| outputs_root.is_empty() || !relative(&b.name).starts_with(&outputs_root))
             .collect();
         let chosen = match &self.parts.settings.input_pattern {
             Some(pattern) => candidates
                 .iter()
-                .filter(|b| {
-                    let relative = b
-                        .name
-                        .strip_prefix(&place.location.prefix)
-                        .unwrap_or(&b.name);
-                    glob(pattern, relative)
-                })
+                .filter(|b| glob(pattern, &relative(&b.name)))
                 .max_by_key(|b| b.size)
                 .copied(),
             None => {

@@ -213,6 +213,13 @@ impl From<JobsError> for Problem {
                 Kind::InvalidParameter,
                 "not a job name this service gives (see the Location of a generate answer)",
             ),
+            JobsError::Gone { backend, action } => Problem::new(
+                Kind::AssetNotFound,
+                format!(
+                    "the {backend} backend answered 404 when asked to {action}: the account, \
+                     project, transform or asset is gone"
+                ),
+            ),
             JobsError::JobNotFound => {
                 Problem::new(Kind::JobNotFound, "the backend has no such job")
             }

@@ -131,6 +131,12 @@ pub enum JobsError {
         action: &'static str,
         refusal: Refusal,
     },
+    /// A write's target is gone (404): the account, project, transform or asset.
+    #[error("{backend} answered 404 to {action}")]
+    Gone {
+        backend: &'static str,
+        action: &'static str,
+    },
     /// The last attempts all failed; the latest is given.
     #[error("{MAX_ATTEMPTS} attempts failed")]
     AttemptsExhausted { last: Box<Job> },

@@ -39,6 +39,15 @@ pub trait Encoder: Send + Sync {
     async fn input(&self, id: &AssetId) -> Result<AssetRecord, SourceError>;
     fn transform_url(&self, name: &str) -> url::Url;
     fn job_url(&self, transform: &str, name: &str) -> url::Url;
+    /// `POST {job}/cancelJob`: AMS `Jobs_CancelJob` (Encoding.json 2022-07-01), MK.IO
+    /// `POST …/media/transforms/{t}/jobs/{j}/cancelJob` (Media API 0.26.14).
+    fn cancel_url(&self, transform: &str, name: &str) -> url::Url {
+        let mut url = self.job_url(transform, name);
+        url.path_segments_mut()
+            .expect("a job URL is a base URL")
+            .push("cancelJob");
+        url
+    }
     fn asset_url(&self, name: &str) -> url::Url;
     /// The transform output's `preset` for `spec`.
     fn preset(&self, spec: &ThumbnailSpec) -> serde_json::Value;
@@ -233,11 +242,43 @@ impl Generator for RestJobs {
         self.poll(name).await
     }
 
+    /// Asks the backend to cancel a job that is not final yet (a final one is answered as
+    /// is, with no call), then answers the job as the backend reports it after.
     async fn cancel(&self, name: &str) -> Result<Job, JobsError> {
-        let _ = name;
-        Err(JobsError::Unsupported {
-            reason: "cancel is not available on this encoder yet".into(),
-        })
+        let transform =
+            Names::transform_of(&self.settings.name_prefix, name).ok_or(JobsError::InvalidName)?;
+        let job = self
+            .timed("get_job", self.get_job(&transform, name))
+            .await?
+            .ok_or(JobsError::JobNotFound)?;
+        if job.state.is_final() || job.state == JobState::Canceling {
+            return Ok(job);
+        }
+        let canceled = self
+            .timed(
+                "cancel_job",
+                self.write(
+                    reqwest::Method::POST,
+                    self.encoder.cancel_url(&transform, name),
+                    None,
+                    "cancel the job",
+                ),
+            )
+            .await;
+        match canceled {
+            Ok(_) => {}
+            // Gone between the two calls: as if never there.
+            Err(JobsError::Gone { .. }) => return Err(JobsError::JobNotFound),
+            Err(e) => return Err(e),
+        }
+        tracing::info!(
+            backend = self.backend(),
+            job = name,
+            "thumbnail job cancel requested"
+        );
+        self.timed("get_job", self.get_job(&transform, name))
+            .await?
+            .ok_or(JobsError::JobNotFound)
     }
 }
 
@@ -251,27 +292,33 @@ impl RestJobs {
         body: serde_json::Value,
         action: &'static str,
     ) -> Result<bytes::Bytes, JobsError> {
+        self.write(reqwest::Method::PUT, url, Some(&body), action)
+            .await
+    }
+
+    /// A write, mapped as reads are: 401 is the credential refused (`503`, the service's
+    /// configuration), 404 is what it addresses gone (`404`); any other 4xx is the backend
+    /// refusing writes (`409 generation-refused`).
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        url: url::Url,
+        body: Option<&serde_json::Value>,
+        action: &'static str,
+    ) -> Result<bytes::Bytes, JobsError> {
         use crate::source::rest::{Access, Reply};
         let rest = self.encoder.rest();
-        match rest
-            .call(
-                reqwest::Method::PUT,
-                &url,
-                Some(&body),
-                Access::Write,
-                action,
-            )
-            .await?
-        {
+        match rest.call(method, &url, body, Access::Write, action).await? {
             Reply::Ok { body, .. } => Ok(body),
             Reply::Refused(refusal) => Err(JobsError::Refused {
                 backend: rest.backend(),
                 action,
                 refusal,
             }),
-            Reply::NotFound => Err(JobsError::Source(rest.upstream(&format!(
-                "{action}: 404 (the account, project, transform or asset is gone)"
-            )))),
+            Reply::NotFound => Err(JobsError::Gone {
+                backend: rest.backend(),
+                action,
+            }),
         }
     }
 

@@ -12,6 +12,7 @@ use support::fake_arm::{ArmOp, FakeArm, FakeAsset};
 use support::fake_encoder::{JobOutcome, OutputSink, WriteRefusal};
 use support::fake_entra::FakeEntra;
 use support::fake_mkio::{DEFAULT_TOKEN, FakeMkio, FakeMkioAsset, FakeStorage, MkioOp};
+use support::faults::RestFault;
 use support::logs::Capture;
 use support::seed::{create_container, get_blob, put_blob};
 use support::{TestServer, assert_problem, tls};
@@ -857,4 +858,202 @@ async fn mkio_failures_and_refusals_are_reported() {
     assert_eq!(server.get("/assets/intro/thumbnails").await.status(), 200);
     let logs = w.logs.text();
     assert!(!logs.contains(DEFAULT_TOKEN), "the MK.IO token in the logs");
+}
+
+impl Client {
+    async fn cancel(
+        &self,
+        server: &TestServer,
+        name: &str,
+        key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.delete(server.url(&format!("/jobs/{name}")));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// `DELETE /jobs/{name}` on a running job: the backend's cancel is called once, the job ends
+/// `Canceled`, a repeat (or a cancel of a finished job) calls nothing, and the next generate is
+/// a new attempt. `cancel_hits` counts the backend's cancel calls.
+async fn cancel_round_trip(server: &TestServer, asset: &str, cancel_hits: impl Fn() -> usize) {
+    let client = Client::new();
+    let (job, location) = job_answer(client.generate(server, asset, None).await, 202).await;
+    let name = job["name"].as_str().unwrap().to_owned();
+    // Admin only.
+    assert_problem(
+        client.cancel(server, &name, None).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert_problem(
+        client.cancel(server, &name, Some(API_KEY)).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(cancel_hits(), 0);
+    let response = client.cancel(server, &name, Some(ADMIN_KEY)).await;
+    let status = response.status().as_u16();
+    let (canceled, _) = job_answer(response, status).await;
+    assert!(
+        (status == 202 && canceled["state"] == "Canceling")
+            || (status == 200 && canceled["state"] == "Canceled"),
+        "{status} {canceled}"
+    );
+    assert_eq!(cancel_hits(), 1);
+    let (_, done) = poll(&client, server, &location.unwrap()).await;
+    assert_eq!(done["state"], "Canceled", "{done}");
+    assert_eq!(done.get("links").and_then(|l| l.get("thumbnails")), None);
+    // Final: answered as is, nothing asked of the backend.
+    let (again, _) = job_answer(client.cancel(server, &name, Some(ADMIN_KEY)).await, 200).await;
+    assert_eq!(again["state"], "Canceled");
+    assert_eq!(cancel_hits(), 1);
+    // Names: not ours → 400; ours but unknown → 404.
+    assert_problem(
+        client
+            .cancel(server, "not-one-of-ours", Some(ADMIN_KEY))
+            .await,
+        400,
+        "invalid-parameter",
+    )
+    .await;
+    let unknown = format!("{}-2", name);
+    assert_problem(
+        client.cancel(server, &unknown, Some(ADMIN_KEY)).await,
+        404,
+        "job-not-found",
+    )
+    .await;
+    // A canceled job is retried under the next name, which runs to the end.
+    let (second, second_location) =
+        job_answer(client.generate(server, asset, None).await, 202).await;
+    assert_eq!(second["name"], format!("{name}-2"));
+    let (_, done) = poll(&client, server, &second_location.unwrap()).await;
+    assert_eq!(done["state"], "Finished", "{done}");
+    let (finished, _) = job_answer(
+        client
+            .cancel(server, done["name"].as_str().unwrap(), Some(ADMIN_KEY))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(
+        finished["state"], "Finished",
+        "canceling a finished job changes nothing"
+    );
+    assert_eq!(cancel_hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ams_jobs_are_canceled_with_cancel_job_and_writes_map_as_reads() {
+    let w = ams_world().await;
+    let server = TestServer::start(ams_settings(&w, "")).await;
+    w.arm.set_job_steps(5);
+    cancel_round_trip(&server, "ClimbingMountAdams", || {
+        w.arm.hits(ArmOp::CancelJob)
+    })
+    .await;
+
+    // A refused cancel is a clear 409, like any refused write.
+    let client = Client::new();
+    w.arm.set_job_steps(50);
+    let (job, _) = job_answer(
+        client
+            .generate(&server, "ClimbingMountAdams", Some(json!({"step": "PT7S"})))
+            .await,
+        202,
+    )
+    .await;
+    w.arm.set_writes_refused(Some(WriteRefusal {
+        status: 403,
+        code: "AuthorizationFailed".into(),
+        message: "no cancelJob/action for this identity".into(),
+    }));
+    let problem = assert_problem(
+        client
+            .cancel(&server, job["name"].as_str().unwrap(), Some(ADMIN_KEY))
+            .await,
+        409,
+        "generation-refused",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cancel the job"),
+        "{problem}"
+    );
+    w.arm.set_writes_refused(None);
+
+    // Writes map as reads: a 404 (the account or transform gone) is 404, a 401 (the
+    // credential refused) is 503 with the configuration blamed.
+    w.arm
+        .push_fault(ArmOp::PutTransform, RestFault::Status(404));
+    let problem = assert_problem(
+        client
+            .generate(&server, "ClimbingMountAdams", Some(json!({"step": "PT9S"})))
+            .await,
+        404,
+        "asset-not-found",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("create the transform"),
+        "{problem}"
+    );
+    w.arm
+        .push_fault(ArmOp::PutTransform, RestFault::Status(401));
+    let problem = assert_problem(
+        client
+            .generate(&server, "ClimbingMountAdams", Some(json!({"step": "PT9S"})))
+            .await,
+        503,
+        "upstream-unavailable",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("configuration"),
+        "{problem}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mkio_jobs_are_canceled_with_cancel_job_and_writes_map_as_reads() {
+    let w = mkio_world().await;
+    let server = TestServer::start(mkio_settings(&w)).await;
+    w.mkio.set_job_steps(5);
+    cancel_round_trip(&server, "intro", || w.mkio.hits(MkioOp::CancelJob)).await;
+    let client = Client::new();
+    w.mkio.push_fault(MkioOp::PutJob, RestFault::Status(404));
+    assert_problem(
+        client
+            .generate(&server, "intro", Some(json!({"step": "PT9S"})))
+            .await,
+        404,
+        "asset-not-found",
+    )
+    .await;
+    w.mkio
+        .push_fault(MkioOp::PutTransform, RestFault::Status(401));
+    assert_problem(
+        client
+            .generate(&server, "intro", Some(json!({"step": "PT9S"})))
+            .await,
+        503,
+        "upstream-unavailable",
+    )
+    .await;
+    server.stop().await.unwrap();
 }

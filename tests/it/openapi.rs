@@ -410,6 +410,34 @@ async fn real_answers_match_the_spec() {
         assert_eq!(status, expected, "GET {uri}");
     }
     covered.insert(("GET".to_owned(), j.to_owned()));
+    for (uri, headers, expected) in [
+        ("/jobs/ams-thumbnails-0123abcd-0123456789ab", &[][..], 401),
+        (
+            "/jobs/ams-thumbnails-0123abcd-0123456789ab",
+            &admin[..],
+            400,
+        ),
+        (
+            "/jobs/ams-thumbnails-0123abcd-0123456789ab.Z2hvc3Q",
+            &admin[..],
+            404,
+        ),
+    ] {
+        let status = check_with(&app, &spec, "DELETE", j, uri, headers, None).await;
+        assert_eq!(status, expected, "DELETE {uri}");
+    }
+    let status = check_with(
+        &no_ffmpeg,
+        &spec,
+        "DELETE",
+        j,
+        "/jobs/ams-thumbnails-0123abcd-0123456789ab.YQ",
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, 501, "DELETE a job without ffmpeg");
+    covered.insert(("DELETE".to_owned(), j.to_owned()));
     let b = "/assets:batchGet";
     let json = [("content-type", "application/json")];
     for (body, expected) in [

@@ -148,6 +148,8 @@ pub enum ArmOp {
     PutJob,
     /// `GET .../transforms/{t}/jobs/{j}` (2022-07-01)
     GetJob,
+    /// `POST .../transforms/{t}/jobs/{j}/cancelJob` (2022-07-01, `jobs-cancel.json`)
+    CancelJob,
 }
 
 impl ArmOp {
@@ -155,12 +157,17 @@ impl ArmOp {
     pub fn api_version(self) -> &'static str {
         match self {
             ArmOp::Get | ArmOp::List | ArmOp::ListContainerSas | ArmOp::PutAsset => API_VERSION,
-            ArmOp::PutTransform | ArmOp::PutJob | ArmOp::GetJob => ENCODING_API_VERSION,
+            ArmOp::PutTransform | ArmOp::PutJob | ArmOp::GetJob | ArmOp::CancelJob => {
+                ENCODING_API_VERSION
+            }
         }
     }
 
     fn is_write(self) -> bool {
-        matches!(self, ArmOp::PutTransform | ArmOp::PutAsset | ArmOp::PutJob)
+        matches!(
+            self,
+            ArmOp::PutTransform | ArmOp::PutAsset | ArmOp::PutJob | ArmOp::CancelJob
+        )
     }
 }
 
@@ -533,6 +540,9 @@ fn route(method: &Method, path: &str) -> Option<Target> {
             (&Method::GET, 12) if literal(10, "jobs") && named(11) => {
                 (ArmOp::GetJob, None, Some(value(9)), Some(value(11)))
             }
+            (&Method::POST, 13) if literal(10, "jobs") && named(11) && literal(12, "cancelJob") => {
+                (ArmOp::CancelJob, None, Some(value(9)), Some(value(11)))
+            }
             _ => return None,
         }
     } else {
@@ -602,7 +612,8 @@ async fn respond(
             "NotFound",
             &format!(
                 "The fake ARM serves only Assets - Get, List, ListContainerSas and \
-                 CreateOrUpdate, Transforms - CreateOrUpdate and Jobs - Create and Get; not \
+                 CreateOrUpdate, Transforms - CreateOrUpdate and Jobs - Create, Get and Cancel \
+                 Job; not \
                  {method} {}.",
                 uri.path()
             ),
@@ -630,6 +641,7 @@ async fn respond(
             (ArmOp::PutAsset, None) => put_asset(&arm, &target, &body).await,
             (ArmOp::PutJob, None) => put_job(&arm, &target, &body),
             (ArmOp::GetJob, None) => get_job(&arm, &target).await,
+            (ArmOp::CancelJob, None) => cancel_job(&arm, &target).await,
         },
     };
     proceed.finish(response).await
@@ -682,6 +694,7 @@ fn rejection(
             ArmOp::PutTransform => "Microsoft.Media/mediaservices/transforms/write",
             ArmOp::PutJob => "Microsoft.Media/mediaservices/transforms/jobs/write",
             ArmOp::GetJob => "Microsoft.Media/mediaservices/transforms/jobs/read",
+            ArmOp::CancelJob => "Microsoft.Media/mediaservices/transforms/jobs/cancelJob/action",
         };
         let oid = authorization
             .and_then(bearer_token)
@@ -1300,6 +1313,20 @@ fn put_job(arm: &FakeArm, target: &Target, body: &[u8]) -> Response {
 /// [`fake_encoder::JobRun`]) and the job. The GET that reaches `Finished` writes the outputs
 /// into the sink's Azurite before answering; a run without an input video ends in `Error`
 /// (`ContentMalformed`, `Content`, `DoNotRetry`).
+/// Jobs - Cancel Job (`jobs-cancel.json`): 200 with no body; an unknown job is 404
+/// `ResourceNotFound`.
+async fn cancel_job(arm: &FakeArm, target: &Target) -> Response {
+    let transform_name = target.transform.clone().unwrap_or_default();
+    let job_name = target.job.clone().unwrap_or_default();
+    let _gate = arm.jobs_gate.lock().await;
+    let mut s = arm.state();
+    let Some(i) = find_job(&s, &transform_name, &job_name) else {
+        return resource_not_found(&s, &format!("transforms/{transform_name}/jobs/{job_name}"));
+    };
+    s.jobs[i].run.cancel();
+    axum::response::IntoResponse::into_response(StatusCode::OK)
+}
+
 async fn get_job(arm: &FakeArm, target: &Target) -> Response {
     let transform_name = target.transform.clone().unwrap_or_default();
     let job_name = target.job.clone().unwrap_or_default();

@@ -1294,6 +1294,8 @@ pub enum JobState {
     Processing,
     Finished,
     Error,
+    Canceling,
+    Canceled,
 }
 
 impl JobState {
@@ -1304,11 +1306,16 @@ impl JobState {
             JobState::Processing => "Processing",
             JobState::Finished => "Finished",
             JobState::Error => "Error",
+            JobState::Canceling => "Canceling",
+            JobState::Canceled => "Canceled",
         }
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Finished | JobState::Error)
+        matches!(
+            self,
+            JobState::Finished | JobState::Error | JobState::Canceled
+        )
     }
 }
 
@@ -1371,6 +1378,15 @@ impl JobRun {
         if self.state.is_final() {
             return Advance::Done;
         }
+        // A cancel asked for: `Canceling` as the cancel answers, `Canceled` on the next GET,
+        // no outputs written.
+        if self.state == JobState::Canceling {
+            let now = OffsetDateTime::now_utc();
+            self.state = JobState::Canceled;
+            self.end_time = Some(now);
+            self.last_modified = now;
+            return Advance::Done;
+        }
         self.gets += 1;
         let i = self.gets;
         if i >= self.steps {
@@ -1392,6 +1408,15 @@ impl JobRun {
         }
         self.last_modified = now;
         Advance::Done
+    }
+
+    /// `cancelJob` (AMS `Jobs_CancelJob`, MK.IO's `cancelJob`): a job that is not final goes
+    /// `Canceling`; a final one stays as it is (both backends answer 200 either way).
+    pub fn cancel(&mut self) {
+        if !self.state.is_final() {
+            self.state = JobState::Canceling;
+            self.last_modified = OffsetDateTime::now_utc();
+        }
     }
 
     pub fn finish(&mut self) {

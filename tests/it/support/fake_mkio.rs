@@ -187,13 +187,15 @@ pub enum MkioOp {
     PutJob,
     /// `GET …/media/transforms/{t}/jobs/{j}`
     GetJob,
+    /// `POST …/media/transforms/{t}/jobs/{j}/cancelJob`
+    CancelJob,
 }
 
 impl MkioOp {
     fn is_write(self) -> bool {
         matches!(
             self,
-            MkioOp::PutTransform | MkioOp::PutAsset | MkioOp::PutJob
+            MkioOp::PutTransform | MkioOp::PutAsset | MkioOp::PutJob | MkioOp::CancelJob
         )
     }
 }
@@ -547,7 +549,8 @@ struct Target {
 /// `transforms/{t}/jobs/{j}`; PUT `assets/{name}`, `transforms/{t}[/jobs/{j}]`.
 fn route(method: &Method, path: &str) -> Option<Target> {
     let get = method == Method::GET;
-    if !get && method != Method::PUT {
+    let post = method == Method::POST;
+    if !get && !post && method != Method::PUT {
         return None;
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -570,6 +573,14 @@ fn route(method: &Method, path: &str) -> Option<Target> {
         ("assets", 7, false) if named(6) => (MkioOp::PutAsset, None),
         ("storage", 7, true) if named(6) => (MkioOp::GetStorage, None),
         ("transforms", 7, false) if named(6) => (MkioOp::PutTransform, None),
+        _ if post => match (segments[5], segments.len()) {
+            ("transforms", 10)
+                if named(6) && segments[7] == "jobs" && named(8) && segments[9] == "cancelJob" =>
+            {
+                (MkioOp::CancelJob, Some(value(8)))
+            }
+            _ => return None,
+        },
         ("transforms", 9, _) if named(6) && segments[7] == "jobs" && named(8) => {
             let op = if get { MkioOp::GetJob } else { MkioOp::PutJob };
             (op, Some(value(8)))
@@ -645,6 +656,7 @@ async fn handle(
             (MkioOp::PutTransform, None) => put_transform(&mkio, &name, &body),
             (MkioOp::PutJob, None) => put_job(&mkio, &name, &job, &body),
             (MkioOp::GetJob, None) => get_job(&mkio, &name, &job).await,
+            (MkioOp::CancelJob, None) => cancel_job(&mkio, &name, &job).await,
         },
     };
     proceed.finish(response).await
@@ -675,6 +687,7 @@ fn rejection(mkio: &FakeMkio, target: &Target, authorization: Option<&str>) -> O
             MkioOp::PutTransform => "ams.transform.create",
             MkioOp::PutJob => "ams.job.create",
             MkioOp::GetJob => "ams.job.get",
+            MkioOp::CancelJob => "ams.job.cancel",
         };
         return Some(mkio_error(
             StatusCode::FORBIDDEN,
@@ -1134,6 +1147,21 @@ fn put_job(mkio: &FakeMkio, transform_name: &str, job_name: &str, body: &[u8]) -
 /// the outputs into the output asset's container, under its `subPath`, before answering; a run
 /// without an input video (looked for under the input asset's `subPath`) ends in `Error`
 /// (`ContentMalformed`, `Content`, `DoNotRetry`).
+/// `cancelJob`: 200 with no body (as AMS); an unknown job is 404.
+async fn cancel_job(mkio: &FakeMkio, transform_name: &str, job_name: &str) -> Response {
+    let _gate = mkio.jobs_gate.lock().await;
+    let mut s = mkio.state();
+    let Some(i) = find_job(&s, transform_name, job_name) else {
+        return mkio_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("Job '{job_name}' of transform '{transform_name}' not found."),
+        );
+    };
+    s.jobs[i].run.cancel();
+    axum::response::IntoResponse::into_response(StatusCode::OK)
+}
+
 async fn get_job(mkio: &FakeMkio, transform_name: &str, job_name: &str) -> Response {
     let not_found = || {
         mkio_error(

@@ -405,6 +405,37 @@ def hostile_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def encode_rows(records: list[dict]) -> list[tuple[str, str, str, str]]:
+    """The ffmpeg encoder's job against the same work run directly (bench/encode.py)."""
+    rows = []
+    for r in records:
+        if r["kind"] != "encode":
+            continue
+        verdict = "PASS" if r["median_ratio"] <= 1.15 else "FAIL"
+        per_round = " / ".join(f"{x:.3f}" for x in r["ratios"])
+        ffmpeg_peak = (
+            f"; ffmpeg's own peak {r['ffmpeg_peak_rss_kib'] / 1024:,.1f} MiB"
+            if r.get("ffmpeg_peak_rss_kib")
+            else ""
+        )
+        result = (
+            f"**{r['median_ratio']:.3f}x** {verdict} (job through the service {r['median_service_s']:.2f} s, "
+            f"direct ffprobe + ffmpeg {r['median_direct_s']:.2f} s, medians of {r['rounds']} alternating rounds; "
+            f"per round {per_round}); service RSS **peak {r['peak_rss_kib'] / 1024:,.1f} MiB** during the job "
+            f"(idle {r['idle_rss_kib'] / 1024:,.1f} MiB){ffmpeg_peak}; load avg {r['load']:.1f}"
+        )
+        rows.append(
+            (
+                f"ffmpeg encoder: {r['video']}, a thumbnail every 10 s at 320x180 + a 10-column sprite, "
+                "job wall time vs the same work run directly",
+                result,
+                "<= 1.15x",
+                f"`python3 bench/encode.py BIN OUT {r['rounds']} CPUS` (direct: `{r['command'][:160]}…`)",
+            )
+        )
+    return rows
+
+
 def report(records_path: str, results_md: str) -> None:
     records = [json.loads(line) for line in Path(records_path).read_text().splitlines() if line]
     info = run_info()
@@ -484,6 +515,7 @@ def report(records_path: str, results_md: str) -> None:
         )
     rows += shared_rows(records, meta.get("shared", {}))
     rows += hostile_rows(records)
+    rows += encode_rows(records)
     rows = [r for r in rows if r]
     lines = []
     for title, result, target, command in rows:
